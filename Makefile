@@ -1,0 +1,14 @@
+# The two commands of the README (both set up a fresh machine first, idempotently):
+#   make serve   serve SmolLM2-135M-Instruct through the plugin on 127.0.0.1:8000
+#   make test    unit tests + fast end-to-end tests
+.PHONY: setup serve test test-all bench
+setup:
+	ci/setup.sh
+serve:
+	ci/serve.sh
+test:
+	ci/test.sh
+test-all:  # includes tests marked slow
+	ci/test.sh -m ""
+bench:
+	ci/setup.sh && .venv/bin/python -m bench decode

@@ -1,0 +1,131 @@
+"""The device facade: the one module that imports ``torch_npu``.
+
+Everything in the plugin calls Ascend operators as ``ops.npu_xxx(...)`` and
+device/stream functions through :data:`device`. On an Ascend machine these
+resolve to ``torch_npu``; everywhere else to the pure-PyTorch reference
+backend in :mod:`vllm_ascend.device.reference`, which has the same signatures
+and numerics (see ``shared/reference/torch_npu_ops.md``).
+
+``torch_npu`` is imported lazily, on first use, and an ImportError (or any
+load error: a missing CANN library raises OSError) means "no NPU".
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+#: Force the backend: "torch_npu" or "reference". Unset means auto-detect.
+BACKEND_ENV = "VLLM_ASCEND_DEVICE_BACKEND"
+BACKENDS = ("torch_npu", "reference")
+
+
+@functools.cache
+def _torch_npu() -> ModuleType | None:
+    """Import torch_npu once; None when it cannot be loaded on this machine."""
+    try:
+        return importlib.import_module("torch_npu")
+    except (ImportError, OSError, RuntimeError):
+        return None
+
+
+def npu_available() -> bool:
+    """True when torch_npu loads and at least one NPU device is present."""
+    mod = _torch_npu()
+    if mod is None:
+        return False
+    import torch
+
+    npu = getattr(torch, "npu", None)
+    try:
+        return bool(npu is not None and npu.is_available() and npu.device_count() > 0)
+    except RuntimeError:
+        return False
+
+
+def backend_name() -> str:
+    """The backend in force: "torch_npu" or "reference"."""
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(
+                f"environment variable {BACKEND_ENV}={forced!r} is not a backend; "
+                f"accepted values: {', '.join(BACKENDS)} (or unset for auto)"
+            )
+        if forced == "torch_npu" and _torch_npu() is None:
+            raise RuntimeError(
+                f"{BACKEND_ENV}=torch_npu but torch_npu cannot be imported here"
+            )
+        return forced
+    return "torch_npu" if npu_available() else "reference"
+
+
+class _Ops:
+    """Attribute access resolves an operator name on the active backend.
+
+    The first access of a name resolves it and stores the function on the instance,
+    so later accesses are plain attribute lookups (cheap on hot paths, and
+    transparent to torch.compile). :meth:`_reset` forgets them (tests).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("npu_"):
+            raise AttributeError(name)
+        if backend_name() == "torch_npu":
+            fn = getattr(_torch_npu(), name)
+        else:
+            from vllm_ascend.device import reference
+
+            try:
+                fn = reference.OPS[name]
+            except KeyError:
+                raise AttributeError(
+                    f"operator {name!r} has no reference implementation; "
+                    f"available: {', '.join(sorted(reference.OPS))}"
+                ) from None
+        setattr(self, name, fn)
+        return fn
+
+    def bind(self) -> None:
+        """Resolve every operator now, outside any torch.compile trace.
+
+        The plugin calls this at registration; compiled model code then only does
+        attribute lookups (dynamo cannot trace the import of torch_npu).
+        """
+        from vllm_ascend.device import reference
+
+        for name in reference.OPS:
+            try:
+                getattr(self, name)
+            except AttributeError:  # torch_npu build without this operator
+                pass
+
+    def _reset(self) -> None:
+        self.__dict__.clear()
+
+    def __dir__(self) -> list[str]:
+        from vllm_ascend.device import reference
+
+        return sorted(reference.OPS)
+
+
+class _Device:
+    """``torch.npu`` on Ascend, the CPU stand-in (Stream, Event, ...) elsewhere."""
+
+    def __getattr__(self, name: str) -> Any:
+        if backend_name() == "torch_npu":
+            import torch
+
+            return getattr(torch.npu, name)  # type: ignore[attr-defined]
+        from vllm_ascend.device.reference import stream
+
+        return getattr(stream, name)
+
+
+#: ``ops.npu_rms_norm(x, gamma, 1e-6)`` etc.
+ops = _Ops()
+#: ``device.Stream()``, ``device.current_stream()``, ``device.synchronize()`` etc.
+device = _Device()

@@ -1,0 +1,29 @@
+"""Pure-PyTorch reference backend for the torch_npu operators the plugin calls.
+
+Each submodule defines functions named exactly like the torch_npu operators
+(``npu_*``), with the schema's argument names and defaults
+(``shared/reference/torch_npu_schemas.txt``). ``OPS`` collects them all.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable
+
+from vllm_ascend.device.reference import activation, matmul, moe, quant
+
+_MODULES: tuple[ModuleType, ...] = (quant, matmul, moe, activation)
+
+
+def _collect() -> dict[str, Callable]:
+    ops: dict[str, Callable] = {}
+    for mod in _MODULES:
+        for name in dir(mod):
+            if name.startswith("npu_") and callable(getattr(mod, name)):
+                if name in ops:
+                    raise RuntimeError(f"reference op {name} defined twice ({mod.__name__})")
+                ops[name] = getattr(mod, name)
+    return ops
+
+
+OPS: dict[str, Callable] = _collect()

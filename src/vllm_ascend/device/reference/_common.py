@@ -1,0 +1,72 @@
+"""Conventions shared by the reference operators (torch_npu_ops.md, "Conventions").
+
+- dtype arguments accept a ``torch.dtype`` or torch_npu's integer code;
+- casting rounds half to even and saturates (``torch.round`` then clamp);
+- int4 values are packed eight to an int32, element ``8j+t`` in bits ``4t..4t+3``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: torch_npu integer dtype codes (ACL numbering).
+DTYPE_CODES: dict[int, torch.dtype] = {
+    1: torch.int8,
+    3: torch.int32,
+    5: torch.float16,
+    6: torch.float32,
+    12: torch.qint8,
+    13: torch.quint8,
+    14: torch.qint32,
+    15: torch.bfloat16,
+    16: torch.quint4x2,
+}
+
+#: Quantized torch dtypes map to the plain integer dtypes the ops return.
+_PLAIN = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
+
+
+def as_dtype(value: "int | torch.dtype | None", *, arg: str = "dtype") -> torch.dtype | None:
+    """Normalise a dtype argument given as torch.dtype, integer code, or None."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, int) and value in DTYPE_CODES:
+        return DTYPE_CODES[value]
+    raise ValueError(
+        f"{arg}={value!r} is not a supported dtype; accepted: a torch.dtype or one of "
+        + ", ".join(f"{k} ({v})" for k, v in DTYPE_CODES.items())
+    )
+
+
+def plain_dtype(dtype: torch.dtype) -> torch.dtype:
+    """qint8 -> int8, quint8 -> uint8, qint32 -> int32; others unchanged."""
+    return _PLAIN.get(dtype, dtype)
+
+
+def saturate_round(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Round half to even, then clamp to [lo, hi]."""
+    return torch.round(x).clamp_(lo, hi)
+
+
+def pack_int4(values: torch.Tensor) -> torch.Tensor:
+    """Pack int4 values (any integer dtype, in [-8, 7]) along the last dim into int32.
+
+    The last dimension must be a multiple of 8; element ``8j+t`` goes to bits ``4t..4t+3``
+    of output element ``j`` as a two's-complement nibble.
+    """
+    if values.shape[-1] % 8 != 0:
+        raise ValueError(f"int4 packing needs a last dim multiple of 8, got {tuple(values.shape)}")
+    nib = (values.to(torch.int64) & 0xF).reshape(*values.shape[:-1], values.shape[-1] // 8, 8)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=values.device)
+    word = (nib << shifts).sum(dim=-1)
+    # Reinterpret the unsigned 32-bit word as signed int32.
+    word = torch.where(word >= 2**31, word - 2**32, word)
+    return word.to(torch.int32)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int32 ``[..., n]`` -> int8 ``[..., 8n]`` in [-8, 7]."""
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=packed.device)
+    nib = (packed.unsqueeze(-1) >> shifts) & 0xF
+    nib = torch.where(nib >= 8, nib - 16, nib)
+    return nib.reshape(*packed.shape[:-1], packed.shape[-1] * 8).to(torch.int8)

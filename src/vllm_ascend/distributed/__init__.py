@@ -1,0 +1,1 @@
+"""Device communicators for the plugin's platforms."""

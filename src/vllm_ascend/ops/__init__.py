@@ -1,0 +1,1 @@
+"""vLLM layers replaced through ``CustomOp.register_oot``, computing through the device facade."""

@@ -1,0 +1,1 @@
+"""vLLM platforms provided by the plugin: NPUPlatform (Ascend) and AscendCPUPlatform (CPU-hosted)."""

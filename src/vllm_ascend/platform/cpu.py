@@ -1,0 +1,30 @@
+"""The CPU-hosted platform: vLLM's CPU platform running the plugin's layers on the reference backend.
+
+Its enum stays ``PlatformEnum.CPU`` (vLLM's CPU worker and model runner check
+``is_cpu()``); the plugin's identity is this class and its communicator.
+"""
+
+from __future__ import annotations
+
+
+
+from vllm.platforms.cpu import CpuPlatform
+
+from vllm_ascend.platform.common import log_startup, validate_additional_config
+
+
+
+class AscendCPUPlatform(CpuPlatform):
+    """vLLM's CpuPlatform + the Ascend plugin's ops (reference backend) and communicator."""
+
+    device_backend = "reference"
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config) -> None:
+        super().check_and_update_config(vllm_config)
+        validate_additional_config(vllm_config)
+        log_startup(cls.__name__, "cpu-hosted")
+
+    @classmethod
+    def get_device_communicator_cls(cls) -> str:
+        return "vllm_ascend.distributed.cpu_communicator.AscendCPUCommunicator"
