@@ -12,8 +12,7 @@ class AscendRotaryEmbedding(RotaryEmbedding):
     """``x_rot = x * cos + R(x) * sin`` on the first ``rotary_dim`` features of each head."""
 
     def _rotate(self, x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        heads = x.reshape(num_tokens, -1, self.head_size)
+        heads = x.reshape(r1.shape[0], -1, self.head_size)
         mode = "half" if self.is_neox_style else "interleave"
         rot = ops.npu_rotary_mul(heads[..., : self.rotary_dim], r1, r2, rotary_mode=mode)
         if self.rotary_dim < self.head_size:

@@ -69,13 +69,13 @@ def detect_other_accelerator() -> str | None:
 
 def resolve_platform() -> str | None:
     """Entry point body: read the environment, probe the devices, decide."""
-    from vllm_ascend.device import npu_available
+    from vllm_ascend.device import facade
 
     try:
         mode = platform_mode()
         if mode == "off":
             return None
-        npu = npu_available()
+        npu = facade.npu_available()
         other = None if (npu or mode != "auto") else detect_other_accelerator()
         return choose_platform(mode, npu, other)
     except AscendConfigError as e:

@@ -1,0 +1,64 @@
+"""Benchmarks of vllm-ascend against vanilla vLLM (``python -m bench --help``).
+
+- ``python -m bench decode``: decode throughput, plugin vs vanilla, one fresh process each;
+- ``python -m bench compare OLD.json NEW.json``: change between two result files.
+
+Results are JSON files (default ``bench/results/``, gitignored); see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+#: Where result files go by default.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The repository root (so child processes can ``python -m bench.xxx`` from anywhere).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def csv_list(kind):
+    """argparse type: a comma-separated list of ``kind`` (e.g. ``1,8``)."""
+
+    def parse(s: str) -> list:
+        items = [kind(x.strip()) for x in s.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        return items
+
+    return parse
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo), else platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the numbers depend on besides the software: CPUs, load, thread settings."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "loadavg_start": load,
+    }

@@ -1,0 +1,24 @@
+"""``python -m bench <subcommand>``: decode (run the benchmark), compare (two result files)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import compare, decode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="vllm-ascend benchmarks (plugin vs vanilla vLLM); see docs/benchmarks.md",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    decode.add_parser(sub)
+    compare.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

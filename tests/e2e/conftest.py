@@ -1,0 +1,32 @@
+"""Fixtures for the end-to-end tests: the prepared default model and a vLLM-friendly env."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from vllm_ascend.tools.prepare_model import prepare
+
+    return prepare()
+
+
+def vllm_env(**overrides: str) -> dict[str, str]:
+    """Environment for a child vLLM process: small KV cache, pickle-able apply_model, repo importable."""
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("VLLM_ASCEND_PLATFORM", None)
+    env.update(overrides)
+    return env
+
+
+PYTHON = sys.executable
