@@ -1,0 +1,102 @@
+"""The contracts a scheme implements; ``wrappers.py`` adapts them to vLLM's quant methods.
+
+A scheme owns one layer type's quantized math for one quant type:
+``create_weights`` declares the checkpoint tensors (names, shapes, dtypes, loaders),
+``process_weights_after_loading`` validates and converts them once, and ``apply``
+computes through the device facade (``vllm_ascend.device.ops``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+
+class AscendLinearScheme(ABC):
+    """Quantized ``y = x @ W^T + b`` for one linear layer (or a fused qkv / gate_up)."""
+
+    quant_type: str
+    layer_type: str
+
+    def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
+        self.quant_description = quant_description
+        self.prefix = prefix
+
+    @abstractmethod
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        weight_loader,
+        **extra_weight_attrs,
+    ) -> None:
+        """Register the checkpoint's tensors on ``layer`` (vLLM parameter classes)."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Validate loaded tensors (shapes, finite non-zero scales) and convert for ``apply``."""
+
+    @abstractmethod
+    def apply(
+        self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (..., K) -> (..., N)`` in x's dtype."""
+
+
+class AscendMoEScheme(ABC):
+    """Quantized grouped expert MLP: rows sorted by local expert -> ``w2(swiglu(w13(x)))``."""
+
+    quant_type: str
+    layer_type: str
+
+    def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
+        self.quant_description = quant_description
+        self.prefix = prefix
+
+    @abstractmethod
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size_per_partition: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
+        """Register ``w13_*`` (E, 2I, H) and ``w2_*`` (E, H, I) tensors and their scales."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Validate and convert the expert tensors once."""
+
+    @abstractmethod
+    def apply_experts(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        group_list: torch.Tensor,
+        dynamic_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rows ``x (M, H)`` grouped by expert, ``group_list`` int64 per-expert counts
+        (E,) -> ``(M, H)``. ``dynamic_scale (M,)`` when x arrives already int8-quantised
+        (MC2 dispatch with quant_mode=2)."""
+
+
+class AscendAttentionScheme(ABC):
+    """Quantized KV cache / attention inputs (e.g. int8 KV); none registered yet."""
+
+    quant_type: str
+    layer_type: str
+
+    def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
+        self.quant_description = quant_description
+        self.prefix = prefix
+
+    @abstractmethod
+    def create_weights(self, layer: torch.nn.Module) -> None: ...
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None: ...
