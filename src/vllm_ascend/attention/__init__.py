@@ -1,0 +1,1 @@
+"""Attention backends of the NPU platform (``npu_fused_infer_attention_score``)."""

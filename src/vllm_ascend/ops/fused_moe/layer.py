@@ -1,0 +1,76 @@
+"""One MoE layer's forward pass, composed from its parts.
+
+    prepare -> select experts -> dispatch -> grouped expert MLP -> combine -> finalize
+    (+ shared experts)
+
+``prepare`` comes before selection because a method may gather other ranks' tokens
+(allgather), which are then routed here. The comm method decides where tokens travel,
+``experts_fn`` what happens to them; neither knows the other's internals.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vllm_ascend.ops.fused_moe.comm.base import MoECommMethod
+from vllm_ascend.ops.fused_moe.experts import ExpertsFn, unquantized_experts
+from vllm_ascend.ops.fused_moe.select import select_experts
+
+
+def moe_forward(
+    hidden_states: torch.Tensor,
+    router_logits: torch.Tensor,
+    w13: torch.Tensor | None,
+    w2: torch.Tensor | None,
+    *,
+    top_k: int,
+    comm: MoECommMethod,
+    scoring: str = "softmax",
+    renormalize: bool = False,
+    e_score_correction_bias: torch.Tensor | None = None,
+    num_expert_group: int | None = None,
+    topk_group: int | None = None,
+    routed_scaling_factor: float = 1.0,
+    experts_fn: ExpertsFn | None = None,
+    dispatch_int8: bool = False,
+    shared_experts_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Mixture-of-experts output for this rank's tokens.
+
+    hidden_states ``(N, H)``; router_logits ``(N, E)`` over all E (global) experts;
+    w13 ``(L, H, 2I)`` and w2 ``(L, I, H)``: this rank's experts (``comm`` knows which),
+    ignored when ``experts_fn`` is given (a quantised scheme's grouped MLP; with
+    ``dispatch_int8`` it receives int8 rows and per-row scales). Selection arguments: see
+    :func:`select_experts`. shared_experts_fn ``(N, H) -> (N, H)`` is added to the result.
+    Returns ``(N, H)``: ``sum_k w_k * expert_{id_k}(x)`` (+ shared experts).
+    """
+    if experts_fn is None:
+        if w13 is None or w2 is None:
+            raise ValueError("pass w13 and w2, or an experts_fn")
+        if w13.shape[0] != comm.num_local_experts:
+            raise ValueError(f"w13 holds {w13.shape[0]} experts; {comm!r} computes "
+                             f"{comm.num_local_experts} per rank")
+        experts_fn = unquantized_experts(w13, w2)
+
+    prepared = comm.prepare(hidden_states, router_logits)
+    topk_weights, topk_ids = select_experts(
+        prepared.router_logits,
+        top_k,
+        scoring=scoring,
+        renormalize=renormalize,
+        e_score_correction_bias=e_score_correction_bias,
+        num_expert_group=num_expert_group,
+        topk_group=topk_group,
+        routed_scaling_factor=routed_scaling_factor,
+    )
+    dispatched = comm.dispatch(prepared.hidden_states, topk_weights, topk_ids,
+                               quantize=dispatch_int8)
+    expert_output = experts_fn(dispatched.hidden_states, dispatched.group_list,
+                               dispatched.dynamic_scale)
+    combined = comm.combine(expert_output, dispatched.context)
+    output = comm.finalize(combined, prepared.context).to(hidden_states.dtype)
+    if shared_experts_fn is not None:
+        output = output + shared_experts_fn(hidden_states)
+    return output

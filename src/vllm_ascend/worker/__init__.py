@@ -1,0 +1,1 @@
+"""vLLM workers of the NPU platform."""
