@@ -15,6 +15,8 @@ def register_all() -> None:
         return
     from vllm_ascend.device import ops
     from vllm_ascend.ops.registry import register_ops
+    from vllm_ascend.quantization import register as register_quantization
 
     ops.bind()
     register_ops()
+    register_quantization()

@@ -23,6 +23,10 @@ class AscendCPUPlatform(CpuPlatform):
     def check_and_update_config(cls, vllm_config) -> None:
         super().check_and_update_config(vllm_config)
         validate_additional_config(vllm_config)
+        # Imported here: it imports vLLM layers, which need the platform this module defines.
+        from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
+
+        maybe_enable_ascend_quantization(vllm_config)
         log_startup(cls.__name__, "cpu-hosted")
 
     @classmethod

@@ -145,6 +145,9 @@ class NPUPlatform(Platform):
     @classmethod
     def check_and_update_config(cls, vllm_config) -> None:
         validate_additional_config(vllm_config)
+        from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
+
+        maybe_enable_ascend_quantization(vllm_config)
         parallel_config = vllm_config.parallel_config
         if parallel_config.worker_cls == "auto":
             parallel_config.worker_cls = WORKER_CLS

@@ -443,3 +443,69 @@ def test_grouped_matmul_rejects_bad_quant_inputs():
                               antiquant_scale=[torch.ones(2, 2, 3)], **gl)
     with pytest.raises(ValueError, match="equal lengths"):
         mm.npu_grouped_matmul([torch.ones(2, 2)], [torch.ones(2, 2), torch.ones(2, 2)])
+
+
+# ------------------------------------------- npu_grouped_matmul A8W4 (int8 x, packed int4 W)
+
+@given(m=st.integers(0, 9), groups=st.integers(1, 3), gk=st.integers(1, 4), nw=st.integers(1, 2),
+       experts=st.integers(1, 3), seed=SEEDS, data=st.data(), int64_scale=st.booleans())
+def test_grouped_matmul_a8w4_multiplies_x_minus_8(m, groups, gk, nw, experts, seed, data,
+                                                  int64_scale):
+    """Pinned model of the device A8W4 kernel: it multiplies ``x - 8`` (x split into two int4
+    halves) and adds the float bias before the per-token scale."""
+    k, n = groups * gk, 8 * nw
+    X, w = ints(seed, (m, k)), ints(seed + 1, (experts, k, n), -8, 7)
+    s = rand(seed + 2, (experts, groups, n), 0.05, lo=1e-3)
+    if int64_scale:  # fp32 pattern in the low 32 bits, as the W4A8 MoE scheme passes it
+        words = quant.npu_trans_quant_param(s.reshape(-1), round_mode=1) & 0xFFFFFFFF
+        s_arg, s = words.reshape(s.shape), quant.decode_quant_param(words).reshape(s.shape)
+    else:
+        s_arg = s
+    bias, pts = rand(seed + 3, (experts, n), 5.0), rand(seed + 4, (m,), 2.0, lo=0.1)
+    ends = sorted(data.draw(st.lists(st.integers(0, m), min_size=experts, max_size=experts)))
+    counts = [b - a for a, b in zip([0] + ends[:-1], ends)]
+    (y,) = mm.npu_grouped_matmul([X], [pack_int4(w)], scale=[s_arg], bias=[bias],
+                                 per_token_scale=[pts], group_list=torch.tensor(counts),
+                                 group_type=0, group_list_type=1, split_item=2,
+                                 output_dtype=torch.float32)
+    real = torch.zeros(m, n, dtype=torch.float64)
+    mag, lo = torch.zeros_like(real), 0
+    rows = torch.arange(k) // gk
+    for e, c in enumerate(counts):
+        xs = X[lo:lo + c].double() - 8
+        W = w[e].double() * s[e].double()[rows]
+        real[lo:lo + c] = (xs @ W + bias[e].double()) * pts[lo:lo + c].double()[:, None]
+        mag[lo:lo + c] = (xs.abs() @ W.abs() + bias[e].double().abs()) \
+            * pts[lo:lo + c].double()[:, None]
+        lo += c
+    assert not y[lo:].any()  # rows past the total stay 0
+    check_close(y, real, mag)
+
+
+def test_grouped_matmul_a8w4_bias_restores_the_exact_product():
+    X, w = ints(1, (6, 16)), ints(2, (2, 16, 8), -8, 7)
+    s = rand(3, (2, 2, 8), 0.05, lo=1e-3)
+    W = w.double() * s.double().repeat_interleave(8, dim=1)  # (E, K, N) dequantised
+    bias = (8 * W.sum(dim=1)).float()
+    (y,) = mm.npu_grouped_matmul([X], [pack_int4(w)], scale=[s], bias=[bias],
+                                 group_list=torch.tensor([4, 2]), group_type=0,
+                                 group_list_type=1, split_item=2, output_dtype=torch.float32)
+    real = torch.cat([X[:4].double() @ W[0], X[4:].double() @ W[1]])
+    mag = torch.cat([(X[:4].double().abs() + 8) @ W[0].abs(),
+                     (X[4:].double().abs() + 8) @ W[1].abs()])
+    check_close(y, real, mag)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"offset": [torch.ones(2, 8)]}, "no offset"),
+    ({"bias": [torch.ones(2, 8, dtype=torch.int32)]}, "floating bias"),
+    ({"output_dtype": torch.int32}, "raw int32"),
+    ({"scale": [torch.ones(2, 3, 8)]}, "per-group scale"),
+])
+def test_grouped_matmul_a8w4_rejects(kwargs, match):
+    args = {"scale": [torch.ones(2, 2, 8)], "group_list": torch.tensor([1, 3]), "group_type": 0,
+            "split_item": 2, "output_dtype": torch.float32}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        mm.npu_grouped_matmul([torch.ones(4, 4, dtype=torch.int8)],
+                              [pack_int4(torch.zeros(2, 4, 8, dtype=torch.int8))], **args)

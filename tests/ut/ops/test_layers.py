@@ -394,7 +394,7 @@ def test_silu_and_mul_through_vllm_constructor():
 
 def test_register_ops_maps_vllm_names_to_ascend_classes():
     register_ops()
-    assert replacements() == EXPECTED
+    assert EXPECTED.items() <= replacements().items()  # the MoE ones: tests/ut/moe
     for name, cls in EXPECTED.items():
         assert custom_op.op_registry_oot[name] is cls
         assert cls.name == name  # set by CustomOp.register_oot

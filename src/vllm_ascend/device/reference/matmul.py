@@ -17,6 +17,10 @@ Choices where the contract leaves room (pinned by ``tests/ut/device/test_matmul_
 - ``npu_grouped_matmul``: rows past the ``group_list`` total are not computed and stay 0.
   With int8 ``x`` and ``output_dtype=None`` the output is int8 (requantised) when
   ``scale`` is given and the int32 accumulators otherwise.
+- ``npu_grouped_matmul`` with int8 ``x`` and a packed int4 (int32) weight (A8W4) models the
+  device kernel, which multiplies ``x - 8`` (the two int4 halves of x) and relies on the
+  caller's float bias ``8 * sum_k W_deq[k, n]`` to restore ``x @ W_deq`` (the bias
+  vllm-ascend's W4A8 MoE passes, the op-plugin A8W4 golden); see ``_a8w4``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_ascend.device.reference import cpu_kernels
 from vllm_ascend.device.reference._common import as_dtype, saturate_round, unpack_int4
 from vllm_ascend.device.reference.quant import decode_quant_offset, decode_quant_param, group_ends
 
@@ -154,11 +159,14 @@ def npu_quant_matmul(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=No
         raise ValueError(f"x2 must be (k, n) with k = x1's last dim {a.shape[-1]}, "
                          f"got {tuple(x2.shape)}")
     m, n = a.shape[-2], b.shape[-1]
-    try:
-        acc = _exact_mm(a, b)
-    except RuntimeError:
-        raise ValueError(f"x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)} batch dims do not "
-                         "broadcast") from None
+    # The same accumulators from a real int8 GEMM when one applies (cpu_kernels.py).
+    acc = cpu_kernels.int8_mm(a, b) if x1.dtype == torch.int8 else None
+    if acc is None:
+        try:
+            acc = _exact_mm(a, b)
+        except RuntimeError:
+            raise ValueError(f"x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)} batch dims do "
+                             "not broadcast") from None
     _check_bias(bias, n, acc.shape)
     if out_dtype == torch.int32:
         if offset is not None or pertoken_scale is not None or \
@@ -232,9 +240,13 @@ def npu_weight_quant_batchmatmul(x, weight, antiquant_scale, antiquant_offset=No
             or antiquant_group_size < 0:
         raise ValueError(f"antiquant_group_size={antiquant_group_size!r}; accepted: 0 "
                          "(per-tensor/per-channel) or a positive group size")
-    w = _int_weight(weight, x.shape[-1], "weight")
-    n = w.shape[-1]
-    y = x.float() @ _antiquant(w, antiquant_scale, antiquant_offset, antiquant_group_size)
+    # The same W read from its 1- or 0.5-byte form by a compiled kernel when one applies.
+    y = cpu_kernels.weight_quant_mm(x, weight, antiquant_scale, antiquant_offset,
+                                    antiquant_group_size)
+    if y is None:
+        w = _int_weight(weight, x.shape[-1], "weight")
+        y = x.float() @ _antiquant(w, antiquant_scale, antiquant_offset, antiquant_group_size)
+    n = y.shape[-1]
     _check_bias(bias, n, y.shape)
     if bias is not None:
         y = y + bias.float()
@@ -255,7 +267,12 @@ _GMM_PARAMS = ("bias", "scale", "offset", "antiquant_scale", "antiquant_offset")
 def _gmm_one(x, w, p: dict, pertoken, dtype, act):
     """One group: ``x (m, k) @ w (k, n)`` with the quant epilogue chosen by dtypes/params."""
     k = x.shape[-1]
-    if x.dtype == torch.int8:
+    if x.dtype == torch.int8 and w.dtype == torch.int32:
+        if dtype == torch.int32:
+            raise ValueError("A8W4 (int8 x, packed int4 weight) has no raw int32 output; "
+                             "accepted output_dtype: int8/fp16/bf16/fp32")
+        y = _a8w4(x, w, p, pertoken)
+    elif x.dtype == torch.int8:
         if w.dtype != torch.int8 or w.dim() != 2 or w.shape[0] != k:
             raise ValueError(f"int8 x needs an int8 weight (k={k}, n), got {w.dtype} "
                              f"{tuple(w.shape)}")
@@ -299,6 +316,48 @@ def _gmm_one(x, w, p: dict, pertoken, dtype, act):
     return _cast_out(y if act is None else act(y), dtype)
 
 
+def _a8w4(x, w, p: dict, pertoken):
+    """int8 ``x (m, k)`` with packed int4 ``w (k, n/8)`` (A8W4), fp32 result (m, n).
+
+    The device splits each int8 activation into two int4 halves around an offset of 8
+    (``x - 8 = 16 * hi + lo`` with ``hi, lo`` in [-8, 7]) and multiplies those, so the
+    bare product is ``(x - 8) @ W``; the caller's float ``bias`` must supply the
+    ``8 * sum_k W_deq[k, n]`` that restores ``x @ W_deq``. Per group g of ``k / G`` rows::
+
+        y[m, n] = (sum_g scale[g, n] * sum_{k in g} (x[m, k] - 8) * w[k, n] + bias[n])
+                  * per_token_scale[m]
+
+    scale ``(G, n)`` per group (G divides k) or ``(n,)``/``(1, n)`` per channel, fp32 or int64
+    (fp32 bit pattern in the low 32 bits, decoded like a quant param). bias float ``(n,)``
+    or None; per_token_scale ``(m,)`` or None. offset and an int32 bias are rejected.
+    """
+    k = x.shape[-1]
+    wi = _int_weight(w, k, "weight")
+    if wi.dim() != 2:
+        raise ValueError(f"weight must be packed int4 (k={k}, n/8), got {tuple(w.shape)}")
+    n = wi.shape[-1]
+    s, off, bias = p["scale"], p["offset"], p["bias"]
+    if s is None or off is not None:
+        raise ValueError("int8 x with a packed int4 weight (A8W4) needs scale and no offset")
+    if bias is not None and not bias.is_floating_point():
+        raise ValueError("A8W4 takes a floating bias (8 * sum_k W_deq[k, n]), not int32")
+    sv = decode_quant_param(s) if s.dtype == torch.int64 else s.float()
+    if sv.dim() == 2 and sv.shape[0] > 1:
+        groups = sv.shape[0]
+        if sv.shape[1] != n or k % groups:
+            raise ValueError(f"per-group scale must be (G, n={n}) with G dividing k={k}, "
+                             f"got {tuple(s.shape)}")
+    else:
+        groups, sv = 1, _vector(sv, n, "scale").expand(n).reshape(1, n)
+    xs = (x.double() - 8).reshape(x.shape[0], groups, k // groups)
+    acc = torch.einsum("mgk,gkn->mgn", xs, wi.double().reshape(groups, k // groups, n))
+    y = (acc.float() * sv.unsqueeze(0)).sum(dim=1)
+    _check_bias(bias, n, y.shape)
+    if bias is not None:
+        y = y + bias.float()
+    return y if pertoken is None else y * pertoken.float()[:, None]
+
+
 def _as_list(v):
     """Tensor[] arguments also accept a bare tensor."""
     return None if v is None else [v] if isinstance(v, torch.Tensor) else list(v)
@@ -329,7 +388,9 @@ def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiqua
     or (E, G, N) per group of K/G rows; per_token_scale ``[(M,)]``. Per group:
     float ``x@W + b``; int8 ``(x@W + b_int) * scale [+ offset]`` or
     ``(x@W) * scale[e] * per_token_scale[m] [+ b_float]``; antiquant ``x@((W + off) * s) + b``;
-    int8 without scale -> int32 accumulators. split_item 2/3 -> ``[Y (M, N)]`` (rows past the
+    int8 without scale -> int32 accumulators; int8 x with packed int4 W (A8W4, scale (E, N) or
+    (E, G, N) per group) ``(sum_g s[g] * ((x - 8) @ W)_g + b_float) * per_token_scale[m]``
+    (see ``_a8w4``). split_item 2/3 -> ``[Y (M, N)]`` (rows past the
     total stay 0), 0/1 -> one tensor per group. act_type: 0 none, 1 relu, 2 gelu-tanh, 5 silu.
     """
     x, weight = _as_list(x), _as_list(weight)

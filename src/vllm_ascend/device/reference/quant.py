@@ -24,6 +24,7 @@ import weakref
 
 import torch
 
+from vllm_ascend.device.reference import cpu_kernels
 from vllm_ascend.device.reference._common import as_dtype, pack_int4, saturate_round
 
 #: Integer range of each quantised output type.
@@ -120,6 +121,10 @@ def npu_dynamic_quant(input, *, smooth_scales=None, group_index=None, dst_type=N
     """
     if quant_mode != "pertoken":
         raise ValueError(f"quant_mode={quant_mode!r} is not supported; accepted: 'pertoken'")
+    if smooth_scales is None and group_index is None and dst_type in (None, torch.int8):
+        fast = cpu_kernels.dynamic_quant(input)  # same bits, compiled (cpu_kernels.py)
+        if fast is not None:
+            return fast
     rows, dst, lead = _quant_rows(input, smooth_scales, group_index, dst_type)
     q = 127.0 if dst == torch.int8 else 7.0
     scale = rows.abs().amax(dim=-1) / q

@@ -9,12 +9,58 @@ computes through the device facade (``vllm_ascend.device.ops``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from vllm_ascend.quantization.errors import QuantTensorError
 
-class AscendLinearScheme(ABC):
+
+class CheckpointBinding:
+    """Where a scheme's checkpoint tensors come from, so errors can name them (additive helper).
+
+    The quant config calls :meth:`bind_checkpoint` after constructing a scheme; schemes call
+    :meth:`tensor_error`. Defaults are class attributes, so a scheme that never calls this
+    base's ``__init__`` still works (messages then name ``self.prefix`` only).
+    """
+
+    prefix: str = ""
+    #: Checkpoint prefixes of the layer's shards in output order (``q_proj``, ``k_proj``,
+    #: ``v_proj`` for a fused ``qkv_proj``); empty means ``(self.prefix,)``.
+    shard_prefixes: tuple[str, ...] = ()
+    #: Checkpoint tensor name -> the file holding it (None when unknown).
+    locate_tensor: Callable[[str], str | None] | None = None
+
+    def bind_checkpoint(self, shard_prefixes: tuple[str, ...] = (),
+                        locate_tensor: Callable[[str], str | None] | None = None) -> None:
+        self.shard_prefixes = tuple(shard_prefixes)
+        self.locate_tensor = locate_tensor
+
+    def checkpoint_tensor_name(self, name: str, shard: int | None = None) -> str:
+        """``<shard prefix>.<name>`` as written in the checkpoint (whole layer: all shards)."""
+        shards = self.shard_prefixes or (self.prefix,)
+        if shard is not None and 0 <= shard < len(shards):
+            return f"{shards[shard]}.{name}"
+        if len(shards) == 1:
+            return f"{shards[0]}.{name}"
+        return " / ".join(f"{s}.{name}" for s in shards)
+
+    def tensor_error(self, name: str, problem: str, shard: int | None = None) -> QuantTensorError:
+        """A QuantTensorError naming the layer, the checkpoint tensor and (if known) its file."""
+        tensor = self.checkpoint_tensor_name(name, shard)
+        where = ""
+        if self.locate_tensor is not None:
+            first = tensor.split(" / ")[0]
+            found = self.locate_tensor(first)
+            if found:
+                where = f" in {found}"
+        return QuantTensorError(
+            f"layer '{self.prefix}' ({getattr(self, 'quant_type', '?')}): tensor "
+            f"'{tensor}'{where} {problem}")
+
+
+class AscendLinearScheme(CheckpointBinding, ABC):
     """Quantized ``y = x @ W^T + b`` for one linear layer (or a fused qkv / gate_up)."""
 
     quant_type: str
@@ -48,7 +94,7 @@ class AscendLinearScheme(ABC):
         """``x (..., K) -> (..., N)`` in x's dtype."""
 
 
-class AscendMoEScheme(ABC):
+class AscendMoEScheme(CheckpointBinding, ABC):
     """Quantized grouped expert MLP: rows sorted by local expert -> ``w2(swiglu(w13(x)))``."""
 
     quant_type: str
@@ -86,7 +132,7 @@ class AscendMoEScheme(ABC):
         (MC2 dispatch with quant_mode=2)."""
 
 
-class AscendAttentionScheme(ABC):
+class AscendAttentionScheme(CheckpointBinding, ABC):
     """Quantized KV cache / attention inputs (e.g. int8 KV); none registered yet."""
 
     quant_type: str

@@ -1,0 +1,41 @@
+"""Optional C++ CPU kernels of the reference backend: ``csrc/`` -> ``vllm_ascend._C``.
+
+Package metadata lives in pyproject.toml; this file only declares the extension. It is
+compiled against the installed torch, so the install must see that torch: ci/setup.sh runs
+``pip install --no-build-isolation -e .`` (an isolated build environment would download a
+different torch). Without torch at build time, or with ``VLLM_ASCEND_SKIP_CSRC=1``, the
+package installs without the extension and the reference backend uses its plain PyTorch
+math (same results, slower); ``vllm_ascend.device.reference.cpu_kernels`` says which.
+"""
+
+import os
+import platform
+import sys
+
+from setuptools import setup
+
+
+def _extensions():
+    if os.environ.get("VLLM_ASCEND_SKIP_CSRC", "") in ("1", "true", "yes"):
+        return [], {}
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return [], {}  # the kernels are x86 (AVX2/AVX-512) only
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("vllm-ascend: torch is not importable at build time; building without the C++ "
+              "CPU kernels (use pip install --no-build-isolation)", file=sys.stderr)
+        return [], {}
+    ext = CppExtension(
+        "vllm_ascend._C",
+        ["csrc/cpu_kernels.cpp"],
+        # No FMA contraction and no fast-math: dynamic_quant_int8 must round exactly like
+        # the torch ops it mirrors. AVX2/AVX-512 code is enabled per function in the source.
+        extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math",
+                            "-Wno-maybe-uninitialized"],  # GCC 12 false positive (AVX-512)
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+
+
+_ext_modules, _cmdclass = _extensions()
+setup(ext_modules=_ext_modules, cmdclass=_cmdclass)
