@@ -1,6 +1,8 @@
 """Benchmarks of vllm-ascend against vanilla vLLM (``python -m bench --help``).
 
 - ``python -m bench decode``: decode throughput, plugin vs vanilla, one fresh process each;
+- ``python -m bench quant-decode``: decode throughput of quantized checkpoints through the
+  plugin (fp32 vs W8A8_DYNAMIC vs W4A8_DYNAMIC) against the memory-bandwidth floor;
 - ``python -m bench compare OLD.json NEW.json``: change between two result files.
 
 Results are JSON files (default ``bench/results/``, gitignored); see docs/benchmarks.md.
@@ -29,6 +31,18 @@ def csv_list(kind):
         return items
 
     return parse
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit, short (read-only: uncommitted edits are not seen)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def cpu_model() -> str:

@@ -1,4 +1,5 @@
-"""``python -m bench <subcommand>``: decode (run the benchmark), compare (two result files)."""
+"""``python -m bench <subcommand>``: decode (run a benchmark), compare (two
+result files)."""
 
 from __future__ import annotations
 

@@ -45,9 +45,12 @@ def compare(old: dict, new: dict, metric: str, ignore: set[str]) -> tuple[list[s
     olds = {config_key(r, ignore): r for r in old["results"]}
     news = {config_key(r, ignore): r for r in new["results"]}
     keys = list(dict.fromkeys([*olds, *news]))
-    # Label rows by the fields that differ between configurations (e.g. backend, batch_size).
-    fields = dict.fromkeys(k for key in keys for k, _ in key)
-    varying = [f for f in fields if len({dict(key).get(f) for key in keys}) > 1]
+    # Label rows by the fields that tell configurations apart (e.g. backend, batch_size):
+    # a varying field is kept only if it separates rows the earlier ones do not.
+    varying: list[str] = []
+    for f in dict.fromkeys(k for key in keys for k, _ in key):
+        if len({_label(k, varying + [f]) for k in keys}) > len({_label(k, varying) for k in keys}):
+            varying.append(f)
     if metric == new.get("primary_metric"):
         higher = new.get("higher_is_better", True)
     else:  # latencies (..._ms, ..._s) go down when things improve
@@ -82,10 +85,12 @@ def run(args) -> int:
             f"{k.removesuffix('_version')} {doc[k]}"
             for k in ("plugin_version", "vllm_version", "torch_version") if k in doc
         )
-        print(f"{tag} {path}: {doc.get('date', '?')}  {versions}")
+        busy = (doc.get("machine") or {}).get("loadavg_start") or ["?"]
+        print(f"{tag} {path}: {doc.get('date', '?')}  {versions}  (load at start {busy[0]})")
     print("\n".join(lines))
     if both == 0:
-        print("no configuration is present in both files (see --ignore)", file=sys.stderr)
+        print(f"nothing compared: no configuration has {metric!r} in both files (configurations "
+              "match on every string/int/bool field; see --ignore)", file=sys.stderr)
         return 1
     return 0
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import REPO_ROOT, RESULTS_DIR, csv_list, machine_info
+from bench import REPO_ROOT, RESULTS_DIR, csv_list, git_commit, machine_info
 
 BACKENDS = ("vanilla", "plugin")
 #: The platform class each backend must run on (checked in the child: no silent fallback).
@@ -69,16 +69,16 @@ def child_main(argv: list[str]) -> int:
 
     import vllm_ascend
 
-    # disable_log_stats=False: per-request timestamps (TTFT, TPOT) in RequestOutput.metrics.
-    llm = LLM(model=a.model, dtype=DTYPE, max_model_len=MAX_MODEL_LEN, seed=SEED,
-              enforce_eager=a.enforce_eager, disable_log_stats=False)
-    startup_s = time.perf_counter() - t0
-    platform = type(current_platform).__name__
+    platform = type(current_platform).__name__  # resolved now, as the engine will
     if platform != EXPECTED_PLATFORM[a.backend]:
         raise SystemExit(
             f"backend {a.backend!r} runs on vLLM platform {platform}, expected "
             f"{EXPECTED_PLATFORM[a.backend]} (check VLLM_ASCEND_PLATFORM and the plugin install)"
         )
+    # disable_log_stats=False: per-request timestamps (TTFT, TPOT) in RequestOutput.metrics.
+    llm = LLM(model=a.model, dtype=DTYPE, max_model_len=MAX_MODEL_LEN, seed=SEED,
+              enforce_eager=a.enforce_eager, disable_log_stats=False)
+    startup_s = time.perf_counter() - t0
     _log(f"{a.backend}: engine ready in {startup_s:.0f} s on {platform}")
     params = SamplingParams(temperature=0.0, max_tokens=a.output_len, ignore_eos=True)
 
@@ -126,9 +126,8 @@ def _child_env(backend: str) -> dict[str, str]:
         env["VLLM_ASCEND_PLATFORM"] = "off"
     elif env.get("VLLM_ASCEND_PLATFORM", "").strip().lower() == "off":
         del env["VLLM_ASCEND_PLATFORM"]  # the plugin run must not inherit "off"
-    # vLLM's torch.compile AOT cache key does not depend on the platform: a shared cache
-    # makes plugin and vanilla invalidate each other's artifacts (a full recompile per
-    # process). One cache root per backend keeps both warm.
+    # vLLM's torch.compile AOT cache key does not depend on the platform: with a shared
+    # cache, plugin and vanilla (and concurrent vLLM runs) overwrite each other's artifacts.
     from vllm_ascend.tools.prepare_model import cache_dir
 
     env["VLLM_CACHE_ROOT"] = str(cache_dir() / "bench" / f"vllm-cache-{backend}")
@@ -169,7 +168,7 @@ def _run_child(backend: str, args, log, result: Path) -> dict:
 def _results(children: list[dict], args) -> list[dict]:
     """One entry per (backend, batch size), samples pooled over rounds."""
     out = []
-    for backend in args.which:
+    for backend in [b for b in BACKENDS if b in args.which]:
         mine = [c for c in children if c["backend"] == backend]
         for bs in args.batch_sizes:
             runs = [r for c in mine for r in c["runs"] if r["batch_size"] == bs]
@@ -182,6 +181,7 @@ def _results(children: list[dict], args) -> list[dict]:
                 "enforce_eager": args.enforce_eager, "batch_size": bs,
                 "input_len": runs[0]["input_len"], "output_len": args.output_len,
                 "tokens_per_second": _median(samples, 2), "samples": samples,
+                "best_tokens_per_second": max(samples),  # least disturbed by other jobs
                 "median_ttft_ms": _median(ttft, 2), "median_tpot_ms": _median(tpot, 3),
             })
     return out
@@ -230,7 +230,7 @@ def run(args) -> int:
     children = []
     with open(log_path, "w", encoding="utf-8") as log, tempfile.TemporaryDirectory() as tmp:
         for i, backend in enumerate(schedule):
-            _log(f"process {i + 1}/{len(schedule)}: {backend} (fresh vLLM; ~2 min if cache cold)")
+            _log(f"process {i + 1}/{len(schedule)}: {backend} (fresh vLLM: start-up 1-2 min)")
             children.append(_run_child(backend, args, log, Path(tmp) / f"{i}.json"))
     results = _results(children, args)
     ratios = {}
@@ -244,7 +244,8 @@ def run(args) -> int:
         "benchmark": "decode",
         "date": stamp.isoformat(timespec="seconds"),
         "vllm_version": first["vllm_version"], "torch_version": first["torch_version"],
-        "plugin_version": first["plugin_version"], "machine": machine,
+        "plugin_version": first["plugin_version"], "plugin_commit": git_commit(),
+        "machine": machine,
         "repeats": args.repeats, "rounds": args.rounds,
         "primary_metric": "tokens_per_second", "higher_is_better": True,
         "processes": [{k: c[k] for k in ("backend", "platform", "startup_s")}

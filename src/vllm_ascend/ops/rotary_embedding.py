@@ -33,10 +33,15 @@ class AscendRotaryEmbedding(RotaryEmbedding):
             r1, r2 = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
         # (tokens, 1, rotary_dim): broadcast over heads.
         r1, r2 = r1.unsqueeze(1), r2.unsqueeze(1)
-        query = self._rotate(query, r1, r2)
-        if key is not None:
-            key = self._rotate(key, r1, r2)
-        return query, key
+        if key is None:
+            return self._rotate(query, r1, r2), None
+        # One rotation over the query and key heads together: one kernel, not two.
+        tokens = r1.shape[0]
+        q_heads = query.reshape(tokens, -1, self.head_size)
+        k_heads = key.reshape(tokens, -1, self.head_size)
+        both = self._rotate(torch.cat((q_heads, k_heads), dim=1), r1, r2)
+        q_rot, k_rot = both.split((q_heads.shape[1], k_heads.shape[1]), dim=1)
+        return q_rot.reshape(query.shape), k_rot.reshape(key.shape)
 
     forward_cpu = forward_ascend
     forward_native = forward_ascend
