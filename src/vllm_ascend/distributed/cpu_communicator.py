@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from vllm.distributed.device_communicators.cpu_communicator import CpuCommunicator
 
-from vllm_ascend.distributed import variable_collectives as vc
+from vllm_ascend.distributed.variable_collectives import VariableCollectivesMixin
 
 
-class AscendCPUCommunicator(CpuCommunicator):
-    def all_gatherv(
-        self,
-        input_: torch.Tensor | list[torch.Tensor],
-        dim: int = 0,
-        sizes: list[int] | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        return vc.all_gatherv(input_, self.device_group, dim, sizes)
-
-    def reduce_scatterv(
-        self, input_: torch.Tensor, dim: int = -1, sizes: list[int] | None = None
-    ) -> torch.Tensor:
-        return vc.reduce_scatterv(input_, self.device_group, dim, sizes)
+class AscendCPUCommunicator(VariableCollectivesMixin, CpuCommunicator):
+    """``all_gatherv`` / ``reduce_scatterv`` over gloo; everything else is vLLM's."""

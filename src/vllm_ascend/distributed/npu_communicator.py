@@ -22,13 +22,13 @@ from vllm.distributed.device_communicators.base_device_communicator import (
     DeviceCommunicatorBase,
 )
 
-from vllm_ascend.distributed import variable_collectives as vc
+from vllm_ascend.distributed.variable_collectives import VariableCollectivesMixin
 from vllm_ascend.logger import logger
 
 _ALL2ALL_BACKENDS = ("naive", "allgather_reducescatter")
 
 
-class NPUCommunicator(DeviceCommunicatorBase):
+class NPUCommunicator(VariableCollectivesMixin, DeviceCommunicatorBase):
     def __init__(
         self,
         cpu_group: ProcessGroup,
@@ -46,21 +46,6 @@ class NPUCommunicator(DeviceCommunicatorBase):
             from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
 
             self.all2all_manager = AgRsAll2AllManager(self.cpu_group)
-
-    def all_gatherv(
-        self,
-        input_: torch.Tensor | list[torch.Tensor],
-        dim: int = 0,
-        sizes: list[int] | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """Concatenate every rank's tensor along ``dim``; ``sizes[r]`` is rank r's extent."""
-        return vc.all_gatherv(input_, self.device_group, dim, sizes)
-
-    def reduce_scatterv(
-        self, input_: torch.Tensor, dim: int = -1, sizes: list[int] | None = None
-    ) -> torch.Tensor:
-        """Sum over ranks, then keep this rank's ``sizes[rank]`` slice along ``dim``."""
-        return vc.reduce_scatterv(input_, self.device_group, dim, sizes)
 
     def batch_isend_irecv(self, p2p_ops: list) -> None:
         """Run a list of ``torch.distributed.P2POp`` and wait for all of them."""

@@ -80,3 +80,24 @@ def reduce_scatterv(
     rank = dist.get_rank(group)
     start = sum(sizes[:rank])
     return summed.narrow(dim, start, sizes[rank]).contiguous()
+
+
+class VariableCollectivesMixin:
+    """``all_gatherv`` / ``reduce_scatterv`` for a vLLM device communicator (uses ``device_group``)."""
+
+    device_group: dist.ProcessGroup
+
+    def all_gatherv(
+        self,
+        input_: torch.Tensor | list[torch.Tensor],
+        dim: int = 0,
+        sizes: list[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Concatenate every rank's tensor along ``dim``; ``sizes[r]`` is rank r's extent."""
+        return all_gatherv(input_, self.device_group, dim, sizes)
+
+    def reduce_scatterv(
+        self, input_: torch.Tensor, dim: int = -1, sizes: list[int] | None = None
+    ) -> torch.Tensor:
+        """Sum over ranks, then keep this rank's ``sizes[rank]`` slice along ``dim``."""
+        return reduce_scatterv(input_, self.device_group, dim, sizes)

@@ -77,10 +77,11 @@ def test_qualnames_resolve():
 
 def test_communicator_reuses_variable_collectives(monkeypatch):
     from vllm_ascend.distributed import npu_communicator as nc
+    from vllm_ascend.distributed import variable_collectives as vc
 
     calls = []
-    monkeypatch.setattr(nc.vc, "all_gatherv", lambda *a: calls.append(("ag", a)) or "g")
-    monkeypatch.setattr(nc.vc, "reduce_scatterv", lambda *a: calls.append(("rs", a)) or "r")
+    monkeypatch.setattr(vc, "all_gatherv", lambda *a: calls.append(("ag", a)) or "g")
+    monkeypatch.setattr(vc, "reduce_scatterv", lambda *a: calls.append(("rs", a)) or "r")
     comm = object.__new__(nc.NPUCommunicator)
     comm.device_group = "group"
     assert comm.all_gatherv("x", 1, [2, 3]) == "g"

@@ -60,8 +60,8 @@ class CheckpointBinding:
             f"'{tensor}'{where} {problem}")
 
 
-class AscendLinearScheme(CheckpointBinding, ABC):
-    """Quantized ``y = x @ W^T + b`` for one linear layer (or a fused qkv / gate_up)."""
+class _Scheme(CheckpointBinding, ABC):
+    """What every scheme has: its registry key, the description, and the layer prefix."""
 
     quant_type: str
     layer_type: str
@@ -69,6 +69,11 @@ class AscendLinearScheme(CheckpointBinding, ABC):
     def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
         self.quant_description = quant_description
         self.prefix = prefix
+
+
+class AscendLinearScheme(_Scheme):
+    """Quantized ``y = x @ W^T + b`` for one linear layer (or a fused qkv / gate_up)."""
+
 
     @abstractmethod
     def create_weights(
@@ -94,15 +99,9 @@ class AscendLinearScheme(CheckpointBinding, ABC):
         """``x (..., K) -> (..., N)`` in x's dtype."""
 
 
-class AscendMoEScheme(CheckpointBinding, ABC):
+class AscendMoEScheme(_Scheme):
     """Quantized grouped expert MLP: rows sorted by local expert -> ``w2(swiglu(w13(x)))``."""
 
-    quant_type: str
-    layer_type: str
-
-    def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
-        self.quant_description = quant_description
-        self.prefix = prefix
 
     @abstractmethod
     def create_weights(
@@ -132,15 +131,9 @@ class AscendMoEScheme(CheckpointBinding, ABC):
         (MC2 dispatch with quant_mode=2)."""
 
 
-class AscendAttentionScheme(CheckpointBinding, ABC):
+class AscendAttentionScheme(_Scheme):
     """Quantized KV cache / attention inputs (e.g. int8 KV); none registered yet."""
 
-    quant_type: str
-    layer_type: str
-
-    def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
-        self.quant_description = quant_description
-        self.prefix = prefix
 
     @abstractmethod
     def create_weights(self, layer: torch.nn.Module) -> None: ...
