@@ -13,7 +13,6 @@ load error: a missing CANN library raises OSError) means "no NPU".
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from types import ModuleType
 from typing import Any
@@ -27,7 +26,9 @@ BACKENDS = ("torch_npu", "reference")
 def _torch_npu() -> ModuleType | None:
     """Import torch_npu once; None when it cannot be loaded on this machine."""
     try:
-        return importlib.import_module("torch_npu")
+        import torch_npu  # the plugin's only import of torch_npu
+
+        return torch_npu
     except (ImportError, OSError, RuntimeError):
         return None
 
