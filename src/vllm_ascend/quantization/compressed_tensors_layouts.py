@@ -18,11 +18,26 @@ W8A16 / W4A16          weight_packed (N, K*bits/32) int32,        weight (N, K) 
                        weight_scale (N, K/G) or (N, 1),           (unpacked with the
                        weight_shape (2,); or weight (N, K) int8   library's unpack_from_int32),
                        for 8-bit int-quantized                    weight_offset = 0
+W4A8_DYNAMIC           weight_packed (N, K/8) int32,              weight (N, K) int8 values
+                       weight_scale (N, K/G) group or (N, 1)      (legacy layout); group:
+                       channel, weight_shape (2,)                 weight_scale = 1,
+                                                                  weight_scale_second = ct
+                                                                  scale; channel:
+                                                                  weight_scale = ct scale;
+                                                                  all offsets = 0
 =====================  =========================================  ==========================
 
 compressed-tensors stores symmetric weights without ``weight_zero_point``; asymmetric
 weights are rejected when the config is read. Packed int4/int8 words hold ``value + 2**(b-1)``
 per field, lowest field first; ``unpack_from_int32`` returns the signed values.
+
+W4A8_DYNAMIC is exact: llm-compressor's one-level scale ``W[n, k] = w[n, k] * s[n, k // G]``
+becomes ModelSlim's two levels with the per-channel level 1 (``s_c * s_g = 1 * s = s`` in
+fp32, bit for bit), so the scheme's processed ``weight_scale`` (K/G, N) is the checkpoint's
+scale transposed and cast to the model dtype, and the int4 values are not re-rounded. The
+scheme computes like vllm-ascend's W4A8_DYNAMIC linear: the weight-only quantised matmul on
+model-dtype activations (the config's int8 token-dynamic activations are not applied; see
+:mod:`~vllm_ascend.quantization.methods.w4a8_dynamic`).
 """
 
 from __future__ import annotations
@@ -41,7 +56,13 @@ from vllm.model_executor.parameter import (
     PerTensorScaleParameter,
 )
 
-from vllm_ascend.quantization.methods._linear_common import FLOATS, replace_param
+from vllm_ascend.quantization.methods import _tensor_checks as chk
+from vllm_ascend.quantization.methods._linear_common import (
+    FLOATS,
+    QuantLinearBase,
+    replace_param,
+)
+from vllm_ascend.quantization.methods.w4a8_dynamic import W4A8DynamicLinear, check_group
 from vllm_ascend.quantization.methods.w4a16 import W4A16Linear
 from vllm_ascend.quantization.methods.w8a8 import W8A8StaticLinear
 from vllm_ascend.quantization.methods.w8a8_dynamic import W8A8DynamicLinear
@@ -144,8 +165,8 @@ class CTW8A8Static(_CTInt8Weights, W8A8StaticLinear):
         super().process_weights_after_loading(layer)
 
 
-class _CTWeightOnly:
-    """Weight-only int4/int8: packed (``pack-quantized``) or plain int8 weights."""
+class _CTPacked:
+    """``pack-quantized`` weights and their group / channel ``weight_scale`` (llm-compressor)."""
 
     def __init__(self, quant_description: dict[str, Any], prefix: str,
                  args: QuantizationScheme | None = None, fmt: str | None = None) -> None:
@@ -154,46 +175,60 @@ class _CTWeightOnly:
         self.fmt = fmt
         self.bits = args.weights.num_bits
 
+    def _declare_packed(self, layer, weight_loader) -> None:
+        """weight_packed (N, K*bits/32) int32 + weight_shape (2,), after ``_begin``."""
+        factor = 32 // self.bits
+        if self.k % factor:
+            raise self.tensor_error("weight_packed", f"cannot hold {self.k} inputs per rank: "
+                                    f"{self.bits}-bit packing needs a multiple of {factor}")
+        self._register(layer, "weight_packed", PackedvLLMParameter,
+                       torch.empty(self.n, self.k // factor, dtype=torch.int32), weight_loader,
+                       (torch.int32,), input_dim=1, output_dim=0, packed_dim=1,
+                       packed_factor=factor)
+        self._register(layer, "weight_shape", BasevLLMParameter,
+                       torch.empty(2, dtype=torch.int64), weight_loader,
+                       (torch.int64, torch.int32))
+
+    def _declare_weight_scale(self, layer, group: int, weight_loader) -> None:
+        """weight_scale (N, K/G) for group > 0, else (N, 1)."""
+        if group:
+            self._register(layer, "weight_scale", GroupQuantScaleParameter,
+                           torch.empty(self.n, self.k // group, dtype=torch.float32),
+                           weight_loader, FLOATS, input_dim=1, output_dim=0)
+        else:
+            self._register(layer, "weight_scale", ChannelQuantScaleParameter,
+                           torch.empty(self.n, 1, dtype=torch.float32), weight_loader, FLOATS,
+                           output_dim=0)
+
+    def _unpack(self, layer) -> torch.Tensor:
+        """weight_packed -> signed int8 values (N, K); weight_packed / weight_shape dropped."""
+        values = unpack_from_int32(layer.weight_packed.data, self.bits,
+                                   torch.Size([self.n, self.k]), packed_dim=1)
+        chk.drop_params(layer, "weight_packed", "weight_shape")
+        return values.to(torch.int8)
+
+
+class _CTWeightOnly(_CTPacked):
+    """Weight-only int4/int8: packed (``pack-quantized``) or plain int8 weights."""
+
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
                        input_size, output_size, params_dtype, weight_loader,
                        **extra_weight_attrs) -> None:
         self._begin(layer, input_size_per_partition, output_partition_sizes, params_dtype)
-        n, k = self.n, self.k
         self.group = self.group_size()
         self.packed = self.fmt == PACKED_FORMAT or self.bits < 8
         if self.packed:
-            factor = 32 // self.bits
-            if k % factor:
-                raise self.tensor_error("weight_packed", f"cannot hold {k} inputs per rank: "
-                                        f"{self.bits}-bit packing needs a multiple of {factor}")
-            self._register(layer, "weight_packed", PackedvLLMParameter,
-                           torch.empty(n, k // factor, dtype=torch.int32), weight_loader,
-                           (torch.int32,), input_dim=1, output_dim=0, packed_dim=1,
-                           packed_factor=factor)
-            self._register(layer, "weight_shape", BasevLLMParameter,
-                           torch.empty(2, dtype=torch.int64), weight_loader,
-                           (torch.int64, torch.int32))
+            self._declare_packed(layer, weight_loader)
         else:
             self._register(layer, "weight", ModelWeightParameter,
-                           torch.empty(n, k, dtype=torch.int8), weight_loader, (torch.int8,),
-                           input_dim=1, output_dim=0)
-        if self.group:
-            self._register(layer, "weight_scale", GroupQuantScaleParameter,
-                           torch.empty(n, k // self.group, dtype=torch.float32), weight_loader,
-                           FLOATS, input_dim=1, output_dim=0)
-        else:
-            self._register(layer, "weight_scale", ChannelQuantScaleParameter,
-                           torch.empty(n, 1, dtype=torch.float32), weight_loader, FLOATS,
-                           output_dim=0)
+                           torch.empty(self.n, self.k, dtype=torch.int8), weight_loader,
+                           (torch.int8,), input_dim=1, output_dim=0)
+        self._declare_weight_scale(layer, self.group, weight_loader)
 
     def process_weights_after_loading(self, layer) -> None:
         self._require_loaded()
         if self.packed:
-            values = unpack_from_int32(layer.weight_packed.data, self.bits,
-                                       torch.Size([self.n, self.k]), packed_dim=1)
-            replace_param(layer, "weight", values.to(torch.int8))
-            for name in ("weight_packed", "weight_shape"):
-                delattr(layer, name)
+            replace_param(layer, "weight", self._unpack(layer))
         replace_param(layer, "weight_offset", torch.zeros_like(layer.weight_scale.data))
         super().process_weights_after_loading(layer)
 
@@ -214,10 +249,53 @@ class CTW4A16(_CTWeightOnly, W4A16Linear):
                                      output_partition_sizes, *args, **kwargs)
 
 
+class CTW4A8Dynamic(_CTPacked, QuantLinearBase, W4A8DynamicLinear):
+    """int4 group/channel ``pack-quantized`` weights on the W4A8_DYNAMIC linear scheme.
+
+    The checkpoint's one-level scale goes to the scheme's legacy (version "0") tensors
+    unchanged: group strategy -> ``weight_scale`` = 1 (N, 1), ``weight_scale_second`` = the
+    ct scale (N, K/G); channel strategy (G = 0) -> ``weight_scale`` = the ct scale (N, 1).
+    The scheme then forms ``weight_scale * weight_scale_second`` in fp32 (exact for a factor
+    of 1) and packs the int4 values for the kernel: the same processed tensors, and so the
+    same (fast) matmul, as a ModelSlim checkpoint of these values.
+    """
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
+                       input_size, output_size, params_dtype, weight_loader,
+                       **extra_weight_attrs) -> None:
+        n = sum(output_partition_sizes)
+        if n % 8:
+            raise self.tensor_error("weight_packed", f"has {n} outputs on this rank; int4 "
+                                    "needs a multiple of 8")
+        self.groups = check_group(self.group_size, input_size_per_partition,
+                                  "input size per partition", self.prefix)
+        self._begin(layer, input_size_per_partition, output_partition_sizes, params_dtype)
+        self._declare_packed(layer, weight_loader)
+        self._declare_weight_scale(layer, self.group_size, weight_loader)
+
+    def process_weights_after_loading(self, layer) -> None:
+        self._require_loaded()
+        n, k = self.n, self.k
+        cols = self.groups if self.group_size else 1
+        scale = chk.loaded(layer, "weight_scale", (n, cols), self).float()
+        chk.finite_nonzero(scale, "weight_scale", self)  # named as in the ct checkpoint
+        chk.loaded(layer, "weight_packed", (n, k // 8), self, torch.int32)
+        replace_param(layer, "weight", self._unpack(layer))
+        if self.group_size:
+            replace_param(layer, "weight_scale", torch.ones(n, 1))
+            replace_param(layer, "weight_scale_second", scale)
+            replace_param(layer, "weight_offset_second", torch.zeros_like(scale))
+        else:
+            replace_param(layer, "weight_scale", scale)
+        replace_param(layer, "weight_offset", torch.zeros(n, 1))
+        super().process_weights_after_loading(layer)
+
+
 #: quant type -> adapter class for compressed-tensors tensors.
 ADAPTERS: dict[str, type] = {
     "W8A8": CTW8A8Static,
     "W8A8_DYNAMIC": CTW8A8Dynamic,
     "W8A16": CTW8A16,
     "W4A16": CTW4A16,
+    "W4A8_DYNAMIC": CTW4A8Dynamic,
 }
