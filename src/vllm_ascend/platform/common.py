@@ -8,7 +8,10 @@ import functools
 from vllm_ascend.logger import logger
 
 #: Keys the plugin reads from ``--additional-config`` (later issues add their own here).
-ADDITIONAL_CONFIG_KEYS: dict[str, str] = {}
+ADDITIONAL_CONFIG_KEYS: dict[str, str] = {
+    "moe_comm_method": "MoE communication method for every step (a registered name, e.g. "
+                       "allgather, all2allv, mc2); unset: chosen per step",
+}
 
 
 @functools.cache

@@ -1,0 +1,140 @@
+"""Greedy generation of an MoE model in a chosen parallel layout; dumps tokens, logprobs and
+which MoE classes ran.
+
+    python -m tests.e2e.moe_generate --model DIR --out FILE.json [--eager] [--max-tokens 16]
+        [--tp 2] [--ep] [--dp 2] [--additional-config JSON]
+
+TP and EP are vLLM's own flags (``tensor_parallel_size``, ``enable_expert_parallel``). DP
+follows vLLM's offline data-parallel recipe: ``--dp N`` starts N copies of this script, one
+per DP rank (``VLLM_DP_SIZE`` / ``VLLM_DP_RANK`` / master address), each generating its share
+of the prompts (rank r takes prompts r, r+N, ...; the ranks' batches differ, the idle rank
+runs vLLM's dummy batches), and merges their results in prompt order. The output has the
+same layout as ``tests.e2e.generate`` (``platform``, ``layers``, ``results``) plus ``moe``:
+the runner / quant-method class names of the MoE layers (rank 0).
+
+On this machine vLLM CPU needs one ``VLLM_CPU_OMP_THREADS_BIND`` core list per local rank;
+for 2 ranks the callers pass ``0|1`` (TP: per TP rank; DP: rank r takes the r-th entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.generate import PROMPTS, layer_classes
+
+
+def moe_classes(model) -> tuple[list[str], list[str]]:
+    """Qualified class names of the MoE layers' runners and quant methods, and the names of
+    the plugin comm methods they ran (its runners keep one instance per method used)."""
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner_interface import (
+        MoERunnerInterface,
+    )
+
+    names, comms = set(), set()
+    for module in model.modules():
+        if isinstance(module, MoERunnerInterface):
+            for obj in (module, module._quant_method):
+                cls = type(obj)
+                names.add(f"{cls.__module__}.{cls.__qualname__}")
+            comms.update(name for name, _ in getattr(module, "_comms", {}))
+    return sorted(names), sorted(comms)
+
+
+def _probe(model) -> dict:
+    moe, comms = moe_classes(model)
+    return {"layers": layer_classes(model), "moe": moe, "comm_methods": comms}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_dp(args) -> int:
+    """Start one copy of this script per DP rank; merge their outputs into ``args.out``."""
+    port = _free_port()
+    procs, outs = [], []
+    for rank in range(args.dp):
+        out = Path(f"{args.out}.dp{rank}")
+        outs.append(out)
+        env = dict(os.environ, VLLM_DP_SIZE=str(args.dp), VLLM_DP_RANK=str(rank),
+                   VLLM_DP_RANK_LOCAL=str(rank), VLLM_DP_MASTER_IP="127.0.0.1",
+                   VLLM_DP_MASTER_PORT=str(port))
+        cmd = [sys.executable, "-m", "tests.e2e.moe_generate", "--model", args.model,
+               "--out", str(out), "--max-tokens", str(args.max_tokens), "--tp", str(args.tp),
+               "--dp-rank", str(rank), "--dp-size", str(args.dp)]
+        cmd += ["--eager"] * args.eager + ["--ep"] * args.ep
+        if args.additional_config:
+            cmd += ["--additional-config", args.additional_config]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait(timeout=1500) for p in procs]
+    if any(codes):
+        print(f"DP ranks exited with {codes}", file=sys.stderr)
+        return 1
+    parts = [json.loads(o.read_text()) for o in outs]
+    merged = dict(parts[0])
+    by_prompt = {r["prompt"]: r for part in parts for r in part["results"]}
+    merged["results"] = [by_prompt[p] for p in PROMPTS]
+    Path(args.out).write_text(json.dumps(merged))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--ep", action="store_true", help="enable_expert_parallel")
+    parser.add_argument("--dp", type=int, default=1, help="data-parallel ranks to launch")
+    parser.add_argument("--dp-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dp-size", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--additional-config", default=None, help="JSON for additional_config")
+    args = parser.parse_args()
+    if args.dp > 1:
+        return _run_dp(args)
+
+    from vllm import LLM, SamplingParams
+    from vllm.platforms import current_platform
+
+    prompts = PROMPTS
+    if args.dp_rank is not None:
+        prompts = PROMPTS[args.dp_rank::args.dp_size]
+    llm = LLM(
+        args.model,
+        dtype="float32",
+        max_model_len=512,
+        seed=0,
+        enforce_eager=args.eager,
+        tensor_parallel_size=args.tp,
+        enable_expert_parallel=args.ep,
+        additional_config=json.loads(args.additional_config) if args.additional_config else {},
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2,
+                            ignore_eos=True)
+    results = []
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        completion = out.outputs[0]
+        top = [{str(t): lp.logprob for t, lp in pos.items()} for pos in completion.logprobs]
+        results.append({"prompt": out.prompt, "token_ids": list(completion.token_ids),
+                        "top": top})
+    # Run as __main__, pickle would name this module "__main__", which the workers lack.
+    from tests.e2e.moe_generate import _probe as probe
+
+    platform = type(current_platform)
+    report = {"platform": f"{platform.__module__}.{platform.__qualname__}",
+              **llm.apply_model(probe)[0], "results": results}
+    Path(args.out).write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
