@@ -20,8 +20,8 @@ float and are marked ``"FLOAT"`` in ``quant_model_description.json``.
 ``--calib-prompts`` built-in prompts through the fp32 model: per-layer input range ->
 ``input_scale`` / ``input_offset``, asymmetric unless ``--symmetric-activations``),
 W8A8_DYNAMIC (both: ``--smooth-alpha`` SmoothQuant folded into the norms / v_proj /
-up_proj, ``quantize_smooth``; default 0.5 for W8A8, off for W8A8_DYNAMIC), W8A16, W4A16
-(per-channel unless ``--group-size``), W4A8_DYNAMIC (group size ``--group-size``, default
+up_proj, ``quantize_smooth``; default 0.5 for --scheme W8A8 / W8A8_DYNAMIC, off otherwise),
+W8A16, W4A16 (per-channel unless ``--group-size``), W4A8_DYNAMIC (group size ``--group-size``, default
 256 - or the largest power of two below it dividing every input size; ``--w4a8-format new`` writes the packed 1.0.0 layout with ``scale_bias``, ``legacy``
 one int4 per byte), W4A4_FLATQUANT_DYNAMIC (Kronecker factors ``P1``, ``P2`` per input size:
 seeded random orthogonal matrices by default, identity with ``--flatquant-transform
@@ -208,7 +208,9 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     _log(summary(plan, group, fmt))
 
     act_quant = {p: t for p, t in plan.linear.items() if t in ACT_QUANT}
-    alpha = (0.5 if "W8A8" in act_quant.values() else 0.0) if smooth_alpha is None \
+    # Default: smooth when the chosen scheme quantizes activations (W8A8 / W8A8_DYNAMIC); the
+    # W8A8_DYNAMIC companions of a W4A8_DYNAMIC MoE checkpoint stay as ModelSlim writes them.
+    alpha = (0.5 if scheme in ACT_QUANT and act_quant else 0.0) if smooth_alpha is None \
         else float(smooth_alpha)
     if not 0 <= alpha <= 1 or (alpha and not act_quant):
         raise QuantizeError(f"--smooth-alpha {smooth_alpha} must be in [0, 1] and applies to "
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static W8A8: symmetric activation range (input_offset 0)")
     p.add_argument("--smooth-alpha", type=float, default=None,
                    help="SmoothQuant migration strength for W8A8 / W8A8_DYNAMIC (0 = off; "
-                   "default 0.5 for W8A8, off for W8A8_DYNAMIC)")
+                   "default 0.5 for --scheme W8A8 / W8A8_DYNAMIC, off otherwise)")
     p.add_argument("--flatquant-transform", default="random", choices=("random", "identity"))
     p.add_argument("--seed", type=int, default=0, help="FlatQuant transforms / random prompts")
     p.add_argument("--no-quantization-config", action="store_true",
