@@ -403,8 +403,9 @@ at::Tensor i8_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   return y;
 }
 
+// Meta kernels use symbolic sizes: under torch.compile the token count stays dynamic.
 at::Tensor i8_matmul_meta(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
-  return at::empty({x.size(0), n}, x.options().dtype(at::kInt));
+  return at::empty_symint({x.sym_size(0), c10::SymInt(n)}, x.options().dtype(at::kInt));
 }
 
 // Per-row symmetric int8 quantisation, bit-identical to the reference npu_dynamic_quant
@@ -461,20 +462,20 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant_int8_cpu(const at::Tensor& x) {
 }
 
 std::tuple<at::Tensor, at::Tensor> dynamic_quant_int8_meta(const at::Tensor& x) {
-  return {at::empty(x.sizes(), x.options().dtype(at::kChar)),
-          at::empty({x.size(0)}, x.options().dtype(at::kFloat))};
+  return {at::empty_symint(x.sym_sizes(), x.options().dtype(at::kChar)),
+          at::empty_symint({x.sym_size(0)}, x.options().dtype(at::kFloat))};
 }
 
 at::Tensor wq_matmul_meta(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                           const c10::optional<at::Tensor>& offset, int64_t bits,
                           int64_t group_size, int64_t n, bool use_avx512) {
-  return at::empty({x.size(0), n}, x.options());
+  return at::empty_symint({x.sym_size(0), c10::SymInt(n)}, x.options());
 }
 
 at::Tensor wq_dequant_meta(const at::Tensor& packed, const at::Tensor& scale,
                            const c10::optional<at::Tensor>& offset, int64_t bits,
                            int64_t group_size, int64_t n) {
-  return at::empty({packed.size(1), n}, scale.options());
+  return at::empty_symint({packed.sym_size(1), c10::SymInt(n)}, scale.options());
 }
 
 }  // namespace

@@ -182,3 +182,47 @@ def test_quantized_generates_like_fp32(session, fp32, case):
         assert [r["token_ids"] for r in new["results"]] == \
             [r["token_ids"] for r in legacy["results"]]
 
+
+
+#: Open finding: compiled W8A8_DYNAMIC serves, but its logprobs differ from eager by 0.01-0.4
+#: from the first token, with and without smoothing, also with VLLM_ASCEND_REFERENCE_EXACT=1
+#: (so not the csrc / oneDNN fast paths) and with vLLM's norm/act-quant fusion passes off.
+#: Weight-only W4A8 matches eager to 1e-5, so it is specific to per-token activation
+#: quantization inside the compiled graph. Crashes still fail the test (``pytest.fail``).
+COMPILED_W8A8_XFAIL = pytest.mark.xfail(
+    raises=AssertionError, strict=False,
+    reason="compiled W8A8_DYNAMIC logprobs differ from eager (open; see COMPILED_W8A8_XFAIL)")
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param("W8A8_DYNAMIC", marks=COMPILED_W8A8_XFAIL),
+    pytest.param("W4A8_DYNAMIC", marks=pytest.mark.slow),
+])
+def test_quantized_compiled_matches_eager(session, case):
+    """``vllm serve``'s default is torch.compile: the quantized path must trace (no graph
+    break, a dynamic token count through the csrc kernels' meta functions) and generate
+    what eager generates (same parity rule as ``test_smollm2_parity``)."""
+    from tests.e2e.test_smollm2_parity import TOLERANCE
+
+    ckpt = session.checkpoint(case)
+    eager, log = session.generate(case, ckpt)
+    if eager is None:
+        pytest.fail(f"{case}: eager run failed:\n{log[-6000:]}")
+    out = session.root / f"{case}-compiled.json"
+    env = vllm_env(VLLM_CACHE_ROOT=str(session.root / f"vllm-cache-{case}-compiled"))
+    proc = subprocess.run([PYTHON, "-m", "tests.e2e.generate", "--model", str(ckpt), "--out",
+                           str(out), "--max-tokens", "32"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        pytest.fail(f"{case}: compiled run failed:\n{(proc.stdout + proc.stderr)[-6000:]}")
+    compiled = json.loads(out.read_text())
+    worst = 0.0
+    for c, e in zip(compiled["results"], eager["results"]):
+        for pos, (a, b) in enumerate(zip(c["token_ids"], e["token_ids"])):
+            if a != b:  # allowed only at a near-tie of the compiled run
+                gap = c["top"][pos][str(a)] - c["top"][pos].get(str(b), float("-inf"))
+                assert gap < TOLERANCE, (c["prompt"], pos, a, b, gap)
+                break
+            worst = max(worst, abs(c["top"][pos][str(a)] - e["top"][pos][str(b)]))
+    print(f"[{case}] compiled vs eager: max |logprob difference| {worst:.2e}")
+    assert worst < TOLERANCE

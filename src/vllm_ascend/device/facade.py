@@ -103,6 +103,8 @@ class _Ops:
                 getattr(self, name)
             except AttributeError:  # torch_npu build without this operator
                 pass
+        if backend_name() == "reference":
+            reference.prepare()  # the CPU fast-path probes, also outside any trace
 
     def _reset(self) -> None:
         self.__dict__.clear()

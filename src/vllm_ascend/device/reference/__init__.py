@@ -27,3 +27,16 @@ def _collect() -> dict[str, Callable]:
 
 
 OPS: dict[str, Callable] = _collect()
+
+
+def prepare() -> None:
+    """Probe the CPU fast paths (``vllm_ascend._C``, vLLM's oneDNN int8 GEMM) now.
+
+    The probes load libraries and are ``torch.compiler.disable``-d; run lazily inside a
+    ``torch.compile`` trace (vLLM's fullgraph capture of the model) they would be a graph
+    break, which vLLM refuses. ``Ops.bind`` calls this at plugin registration.
+    """
+    from vllm_ascend.device.reference import cpu_kernels
+
+    cpu_kernels.native_available()
+    cpu_kernels.onednn_available()
