@@ -3,7 +3,7 @@
     python -m tests.e2e.scored_generate --model DIR --out FILE.json [--reference REF.json]
 
 Free-running: ``tests.e2e.generate``'s prompts and sampling (greedy, 32 tokens, logprobs=2,
-eager), results in the same format. With ``--reference`` (a ``tests.e2e.generate`` report,
+eager unless ``--compiled``), results in the same format. With ``--reference`` (a ``tests.e2e.generate`` report,
 e.g. the fp32 run), each reference sequence (prompt + its 32 generated tokens) is also fed
 back as a prompt with ``prompt_logprobs=1``: per generated position the model's own top-1
 token and its logprob of the reference token, given the *reference* prefix. That measures
@@ -30,13 +30,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--reference", default=None)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--compiled", action="store_true", help="torch.compile (default eager)")
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.platforms import current_platform
 
-    llm = LLM(args.model, dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
+    llm = LLM(args.model, dtype="float32", max_model_len=512, seed=0, enforce_eager=not args.compiled)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2,
                             ignore_eos=True)
     results = []
