@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 from pathlib import Path
 
 #: Where result files go by default.
@@ -31,6 +32,43 @@ def csv_list(kind):
         return items
 
     return parse
+
+
+def csv_choices(choices, what: str):
+    """argparse type: a comma-separated subset of ``choices``; an unknown item names the
+    accepted ones (``what``: e.g. "backend")."""
+
+    def parse(s: str) -> list[str]:
+        items = csv_list(str)(s)
+        bad = [x for x in items if x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {bad}; accepted: {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def run_logged(cmd: list[str], env: dict, log, verbose: bool, rename=None):
+    """Run a benchmark child, its output appended to ``log``; its ``[bench]`` lines (every
+    line when ``verbose``; passed through ``rename``) go to stderr. -> (exit status, the last
+    40 lines). Interrupting the parent terminates the child."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, text=True, errors="replace",
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("[bench]") or verbose:
+                sys.stderr.write(rename(line) if rename else line)
+            tail = (tail + [line])[-40:]
+        return proc.wait(), tail
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
 
 
 def git_commit() -> str | None:

@@ -1,4 +1,4 @@
-"""``python -m bench <subcommand>``: decode (run a benchmark), compare (two
+"""``python -m bench <subcommand>``: decode, moe, quant-decode (run a benchmark), compare (two
 result files)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import compare, decode
+from bench import compare, decode, moe, quant_decode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     decode.add_parser(sub)
+    quant_decode.add_parser(sub)
+    moe.add_parser(sub)
     compare.add_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -14,13 +14,12 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import REPO_ROOT, RESULTS_DIR, csv_list, git_commit, machine_info
+from bench import REPO_ROOT, RESULTS_DIR, csv_choices, csv_list, git_commit, machine_info, run_logged
 
 BACKENDS = ("vanilla", "plugin")
 #: The platform class each backend must run on (checked in the child: no silent fallback).
@@ -143,22 +142,7 @@ def _run_child(backend: str, args, log, result: Path) -> dict:
         "--result", str(result),
     ] + (["--enforce-eager"] if args.enforce_eager else [])
     log.write(f"\n===== {backend}: {' '.join(cmd)}\n")
-    proc = subprocess.Popen(
-        cmd, env=_child_env(backend), cwd=REPO_ROOT, text=True, errors="replace",
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    tail: list[str] = []
-    try:
-        for line in proc.stdout:
-            log.write(line)
-            if line.startswith("[bench]") or args.verbose:
-                sys.stderr.write(line)
-            tail = (tail + [line])[-40:]
-        rc = proc.wait()
-    except BaseException:
-        proc.terminate()
-        proc.wait()
-        raise
+    rc, tail = run_logged(cmd, _child_env(backend), log, args.verbose)
     if rc != 0 or not result.is_file():
         sys.stderr.write("".join(tail))
         raise SystemExit(f"the {backend} run failed (exit {rc}); full log: {log.name}")
@@ -267,14 +251,6 @@ def run(args) -> int:
     return 0
 
 
-def _backends(s: str) -> list[str]:
-    items = csv_list(str)(s)
-    bad = [x for x in items if x not in BACKENDS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown backend(s) {bad}; accepted: plugin, vanilla")
-    return items
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("decode", help="decode throughput, plugin vs vanilla vLLM (CPU)",
                        description=__doc__.splitlines()[0])
@@ -284,7 +260,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed generates per batch size (3)")
     p.add_argument("--rounds", type=int, default=1,
                    help="processes per backend, order alternated ABBA (1; 2 cancels drift)")
-    p.add_argument("--which", type=_backends, default=list(BACKENDS), help="plugin,vanilla")
+    p.add_argument("--which", type=csv_choices(BACKENDS, "backend"), default=list(BACKENDS), help="plugin,vanilla")
     p.add_argument("--model", help="checkpoint dir (default: the prepared SmolLM2-135M)")
     p.add_argument("--enforce-eager", action="store_true", help="no torch.compile (faster start)")
     p.add_argument("--min-ratio", type=float, default=None,
