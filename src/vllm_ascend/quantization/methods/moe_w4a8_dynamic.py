@@ -54,6 +54,7 @@ from vllm_ascend.quantization.methods._int4 import (
     msd_bias,
     unpack_int4_pairs,
 )
+from vllm_ascend.quantization.methods._tp_quant import dynamic_quant_tp
 from vllm_ascend.quantization.methods.base import AscendMoEScheme
 from vllm_ascend.quantization.methods.registry import register_scheme
 from vllm_ascend.quantization.methods.w4a8_dynamic import (
@@ -174,5 +175,6 @@ class W4A8DynamicMoE(AscendMoEScheme):
                 group_list=group_list, group_type=0, group_list_type=1, split_item=2,
                 output_dtype=out)[0]
             if stem == "w13":
-                xq, xs = ops.npu_dynamic_quant(ops.npu_swiglu(y))
+                # TP-sharded experts hold a slice of each intermediate row (_tp_quant).
+                xq, xs = dynamic_quant_tp(ops.npu_swiglu(y), moe.moe_tp(layer)[1])
         return moe.zero_rows_past_total(y, group_list)

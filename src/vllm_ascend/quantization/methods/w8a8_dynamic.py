@@ -33,6 +33,7 @@ from vllm_ascend.quantization.methods._linear_common import (
     to_device_layout,
 )
 from vllm_ascend.quantization.methods._tensor_checks import drop_params
+from vllm_ascend.quantization.methods._tp_quant import dynamic_quant_tp
 from vllm_ascend.quantization.methods.registry import register_scheme
 
 
@@ -63,7 +64,16 @@ class W8A8DynamicLinear(QuantLinearBase):
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x (..., K) -> (..., N)`` in x's dtype."""
-        xq, x_scale = ops.npu_dynamic_quant(self._flat(x))
+        # A row-parallel layer holds one TP slice of each row: quantise with the whole row's
+        # scale, as one process would (_tp_quant).
+        xq, x_scale = dynamic_quant_tp(self._flat(x), row_parallel_tp_size(layer))
         y = ops.npu_quant_matmul(xq, layer.weight, layer.weight_scale, pertoken_scale=x_scale,
                                  bias=bias, output_dtype=x.dtype)
         return self._unflat(y, x)
+
+
+def row_parallel_tp_size(layer: torch.nn.Module) -> int:
+    """TP size of a vLLM ``RowParallelLinear`` (its input is sharded), else 1."""
+    from vllm.model_executor.layers.linear import RowParallelLinear
+
+    return int(getattr(layer, "tp_size", 1)) if isinstance(layer, RowParallelLinear) else 1
