@@ -20,6 +20,21 @@ PROMPTS = [
 ]
 
 
+def greedy_results(llm, prompts, max_tokens: int) -> list[dict]:
+    """Greedy generation (ignore_eos): per prompt its text, prompt and generated token ids,
+    and per position {token_id: logprob} of the top-2 candidates (and the chosen one)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=2, ignore_eos=True)
+    results = []
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        completion = out.outputs[0]
+        top = [{str(t): lp.logprob for t, lp in pos.items()} for pos in completion.logprobs]
+        results.append({"prompt": out.prompt, "prompt_token_ids": list(out.prompt_token_ids),
+                        "token_ids": list(completion.token_ids), "top": top})
+    return results
+
+
 def layer_classes(model) -> list[str]:
     """Qualified class names of the model's norm / rotary / activation layers (runs in the worker)."""
     names = set()
@@ -38,7 +53,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
     from vllm.platforms import current_platform
 
     llm = LLM(
@@ -48,16 +63,7 @@ def main() -> None:
         seed=0,
         enforce_eager=args.eager,
     )
-    params = SamplingParams(
-        temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True
-    )
-    outputs = llm.generate(PROMPTS, params, use_tqdm=False)
-    results = []
-    for out in outputs:
-        completion = out.outputs[0]
-        # Per position: {token_id: logprob} for the top-2 candidates (and the chosen one).
-        top = [{str(t): lp.logprob for t, lp in pos.items()} for pos in completion.logprobs]
-        results.append({"prompt": out.prompt, "token_ids": list(completion.token_ids), "top": top})
+    results = greedy_results(llm, PROMPTS, args.max_tokens)
     # Run as __main__, pickle would name this module "__main__", which the worker lacks.
     from tests.e2e.generate import layer_classes as probe
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.generate import PROMPTS, layer_classes
+from tests.e2e.generate import PROMPTS, greedy_results, layer_classes
 
 
 def moe_classes(model) -> tuple[list[str], list[str]]:
@@ -102,7 +102,7 @@ def main() -> int:
     if args.dp > 1:
         return _run_dp(args)
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
     from vllm.platforms import current_platform
 
     prompts = PROMPTS
@@ -118,14 +118,7 @@ def main() -> int:
         enable_expert_parallel=args.ep,
         additional_config=json.loads(args.additional_config) if args.additional_config else {},
     )
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2,
-                            ignore_eos=True)
-    results = []
-    for out in llm.generate(prompts, params, use_tqdm=False):
-        completion = out.outputs[0]
-        top = [{str(t): lp.logprob for t, lp in pos.items()} for pos in completion.logprobs]
-        results.append({"prompt": out.prompt, "token_ids": list(completion.token_ids),
-                        "top": top})
+    results = greedy_results(llm, prompts, args.max_tokens)
     # Run as __main__, pickle would name this module "__main__", which the workers lack.
     from tests.e2e.moe_generate import _probe as probe
 

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from tests.e2e.generate import PROMPTS
+from tests.e2e.generate import PROMPTS, greedy_results
 
 
 def main() -> None:
@@ -37,15 +37,9 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
     from vllm.platforms import current_platform
 
-    llm = LLM(args.model, dtype="float32", max_model_len=512, seed=0, enforce_eager=not args.compiled)
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2,
-                            ignore_eos=True)
-    results = []
-    for out in llm.generate(PROMPTS, params, use_tqdm=False):
-        completion = out.outputs[0]
-        top = [{str(t): lp.logprob for t, lp in pos.items()} for pos in completion.logprobs]
-        results.append({"prompt": out.prompt, "prompt_token_ids": list(out.prompt_token_ids),
-                        "token_ids": list(completion.token_ids), "top": top})
+    llm = LLM(args.model, dtype="float32", max_model_len=512, seed=0,
+              enforce_eager=not args.compiled)
+    results = greedy_results(llm, PROMPTS, args.max_tokens)
     teacher = []
     if args.reference:
         with open(args.reference) as f:

@@ -18,8 +18,7 @@ import torch
 from vllm_ascend.device import ops
 
 
-@torch.library.custom_op("vllm_ascend::tp_all_reduce_max", mutates_args=(), device_types="cpu")
-def _tp_all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+def _all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
     from vllm.distributed import get_tp_group
 
@@ -28,21 +27,20 @@ def _tp_all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@_tp_all_reduce_max.register_fake
+@torch.library.custom_op("vllm_ascend::tp_all_reduce_max", mutates_args=(), device_types="cpu")
+def _all_reduce_max_op(x: torch.Tensor) -> torch.Tensor:
+    return _all_reduce_max(x)
+
+
+@_all_reduce_max_op.register_fake
 def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
 def tp_all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    """Elementwise maximum of ``x`` over vLLM's TP group (an opaque op under torch.compile)."""
-    if x.is_cpu:
-        return _tp_all_reduce_max(x)
-    import torch.distributed as dist
-    from vllm.distributed import get_tp_group
-
-    out = x.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX, group=get_tp_group().device_group)
-    return out
+    """Elementwise maximum of ``x`` over vLLM's TP group (on CPU an opaque op under
+    torch.compile)."""
+    return _all_reduce_max_op(x) if x.is_cpu else _all_reduce_max(x)
 
 
 def quantize_with_row_max(x: torch.Tensor, row_max: torch.Tensor

@@ -41,6 +41,9 @@ from vllm_ascend.quantization.methods.registry import register_scheme
 class W8A8DynamicLinear(QuantLinearBase):
     """int8 weights (per-channel scale) x int8 activations (per-token scale, at run time)."""
 
+    #: TP size when the layer is row-parallel (its input sharded), else 1; set at load.
+    row_tp = 1
+
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
                        input_size, output_size, params_dtype, weight_loader,
                        **extra_weight_attrs) -> None:
@@ -61,12 +64,13 @@ class W8A8DynamicLinear(QuantLinearBase):
         replace_param(layer, "weight", to_device_layout(layer.weight.data))
         replace_param(layer, "weight_scale", scale.reshape(-1).float().contiguous())
         drop_params(layer, "weight_offset")
+        self.row_tp = row_parallel_tp_size(layer)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x (..., K) -> (..., N)`` in x's dtype."""
         # A row-parallel layer holds one TP slice of each row: quantise with the whole row's
         # scale, as one process would (_tp_quant).
-        xq, x_scale = dynamic_quant_tp(self._flat(x), row_parallel_tp_size(layer))
+        xq, x_scale = dynamic_quant_tp(self._flat(x), self.row_tp)
         y = ops.npu_quant_matmul(xq, layer.weight, layer.weight_scale, pertoken_scale=x_scale,
                                  bias=bias, output_dtype=x.dtype)
         return self._unflat(y, x)
