@@ -11,8 +11,9 @@ JSON with, per scheme and batch size:
 - ``decode_tokens_per_second``: ``batch * 1000 / median TPOT``, the pure decode rate;
 - ``weight_bytes_per_step``: bytes of the weights one decode step streams as the plugin holds
   them after loading (decoder linear weights at 4 / 1 / 0.5 bytes per element for fp32 /
-  int8 / int4, their scales, norms, and the lm_head matrix, which is the fp32 embedding for
-  SmolLM2's tied embeddings);
+  int8 / int4, their scales, norms, and the lm_head matrix: the fp32 embedding for SmolLM2's
+  tied embeddings, or the int8 ``lm_head`` of checkpoints quantized with ``--lm-head``, the
+  default here: ``--lm-head FLOAT`` keeps it float);
 - ``bandwidth_floor_ms``: ``weight_bytes_per_step / copy bandwidth`` (``bench.quant_gemm``'s
   large-tensor clone, read + write bytes per second), the time a step cannot beat, and
   ``bandwidth_ceiling_tokens_per_second = batch * 1000 / floor``; ``fraction_of_ceiling`` =
@@ -42,18 +43,20 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def quantized_dir(model: Path, scheme: str, group_size: int | None, requantize: bool) -> Path:
-    """The cached checkpoint of ``model`` in ``scheme`` (quantized now if missing)."""
+def quantized_dir(model: Path, scheme: str, group_size: int | None, lm_head: str,
+                  requantize: bool) -> Path:
+    """The cached checkpoint of ``model`` in ``scheme`` with ``lm_head`` (quantized now if
+    missing)."""
     from vllm_ascend.tools.prepare_model import cache_dir
 
     if scheme == FP32:
         return model
-    tag = scheme + (f"-g{group_size}" if group_size is not None else "")
+    tag = scheme + (f"-g{group_size}" if group_size is not None else "") + f"-lm_{lm_head}"
     out = cache_dir() / "bench" / "quantized" / f"{model.name}-{tag}"
     if (out / "config.json").is_file() and not requantize:
         return out
     cmd = [sys.executable, "-m", "vllm_ascend.tools.quantize", "--model", str(model), "--scheme",
-           scheme, "--out", str(out), "--force", "--no-progress"]
+           scheme, "--out", str(out), "--force", "--no-progress", "--lm-head", lm_head]
     if group_size is not None:
         cmd += ["--group-size", str(group_size)]
     _log(f"quantizing {model.name} to {scheme} -> {out}")
@@ -129,7 +132,7 @@ def run(args) -> int:
     machine = machine_info()
     t0 = time.perf_counter()
     dirs = {s: quantized_dir(args.model, s, args.group_size if s.startswith("W4") else None,
-                             args.requantize) for s in args.schemes}
+                             args.lm_head, args.requantize) for s in args.schemes}
     bandwidth = copy_bandwidth()
     _log(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s; child logs: {out.with_suffix('.log')}")
     children = {}
@@ -145,6 +148,7 @@ def run(args) -> int:
             "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "model": args.model.name, "copy_bandwidth_gbs": round(bandwidth / 1e9, 2),
         "repeats": args.repeats, "enforce_eager": args.enforce_eager,
+        "lm_head": args.lm_head,
         "primary_metric": "tokens_per_second", "higher_is_better": True,
         "processes": [{"scheme": s, **{k: c.get(k) for k in ("platform", "startup_s", "error")}}
                       for s, c in children.items()],
@@ -233,6 +237,11 @@ def add_parser(sub) -> None:
     p.add_argument("--group-size", type=int, default=None,
                    help="W4 group size (default: the quantizer's: 256, or the largest power of "
                    "two dividing every layer, 64 for SmolLM2)")
+    p.add_argument("--lm-head", default="W8A8_DYNAMIC", type=str.upper,
+                   choices=("FLOAT", "W8A8_DYNAMIC", "W8A16"),
+                   help="lm_head of the quantized checkpoints (quantizer --lm-head; default "
+                   "W8A8_DYNAMIC: SmolLM2's tied 113 MB fp32 lm_head is a third of the fp32 "
+                   "model's bytes per step; FLOAT keeps it)")
     p.add_argument("--requantize", action="store_true", help="quantize again even if cached")
     p.add_argument("--enforce-eager", action="store_true", help="no torch.compile")
     p.add_argument("-v", "--verbose", action="store_true", help="show the children's vLLM logs")

@@ -35,6 +35,10 @@ from vllm_ascend.quantization.errors import DescriptionError, UnsupportedSchemeE
 DESCRIPTION_FILE = "quant_model_description.json"
 #: Type string of a tensor left in floating point.
 FLOAT = "FLOAT"
+#: Types an ``lm_head`` may have besides FLOAT (int8 weights; a quantized output projection
+#: is read once per decoded token, the largest single weight of a small model). Input
+#: embeddings stay FLOAT.
+LM_HEAD_SCHEMES = ("W8A8_DYNAMIC", "W8A16")
 
 _ATTENTION_KEYS = ("kv_cache_type", "kv_quant_type", "fa_quant_type")
 _OPAQUE_OBJECTS = ("metadata", "optional")

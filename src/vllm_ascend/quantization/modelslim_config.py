@@ -22,7 +22,10 @@ Per layer, :meth:`AscendQuantConfig.get_quant_method` picks:
   experts' scheme or none for FLOAT experts (decided again at every forward);
 - attention: None unless the description names a KV-cache / attention type, then
   :class:`~.wrappers.AscendKVCacheMethod` around that attention scheme;
-- embeddings / lm_head: None (float); a quantized one is rejected.
+- lm_head (vLLM ``ParallelLMHead``): None when FLOAT, else
+  :class:`~.wrappers.AscendLMHeadMethod` around a linear scheme of
+  :data:`~.description.LM_HEAD_SCHEMES` (the checkpoint must not tie it to the input
+  embeddings, which stay float); a quantized input embedding is rejected.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from vllm_ascend.quantization.checkpoint_files import CheckpointFiles
 from vllm_ascend.quantization.description import (
     DESCRIPTION_FILE,
     FLOAT,
+    LM_HEAD_SCHEMES,
     QuantDescription,
     parse_description,
 )
@@ -136,7 +140,10 @@ class AscendQuantConfig(QuantizationConfig):
         from vllm.model_executor.layers.attention import Attention, MLAAttention
         from vllm.model_executor.layers.fused_moe import RoutedExperts
         from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
-        from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+        from vllm.model_executor.layers.vocab_parallel_embedding import (
+            ParallelLMHead,
+            VocabParallelEmbedding,
+        )
 
         from vllm_ascend.quantization import wrappers
 
@@ -164,10 +171,24 @@ class AscendQuantConfig(QuantizationConfig):
                                                                    prefix))
         if isinstance(layer, VocabParallelEmbedding):
             quant_type = desc.weight_type(prefix)
-            if quant_type not in (None, FLOAT):
+            if quant_type in (None, FLOAT):
+                return None
+            if not isinstance(layer, ParallelLMHead):
                 raise UnsupportedSchemeError(
-                    f"{desc.source}: '{prefix}.weight' is {quant_type!r}; quantized "
-                    "embeddings / lm_head are not supported (accepted: \"FLOAT\")")
+                    f"{desc.source}: '{prefix}.weight' is {quant_type!r}; quantized input "
+                    "embeddings are not supported (accepted: \"FLOAT\")")
+            if quant_type not in LM_HEAD_SCHEMES:
+                raise UnsupportedSchemeError(
+                    f"{desc.source}: '{prefix}.weight' is {quant_type!r}; accepted for the "
+                    "lm_head: " + ", ".join(map(repr, (FLOAT, *LM_HEAD_SCHEMES))))
+            if layer.num_embeddings_padded != layer.org_vocab_size:
+                raise UnsupportedSchemeError(
+                    f"{desc.source}: '{prefix}.weight' is {quant_type!r} but the vocabulary "
+                    f"({layer.org_vocab_size}) is padded to {layer.num_embeddings_padded}; a "
+                    "quantized lm_head needs a vocabulary size that is a multiple of 64")
+            scheme = self._scheme(quant_type, "linear", prefix)
+            scheme.bind_checkpoint((prefix,), self.files.file_of)
+            return wrappers.AscendLMHeadMethod(scheme)
         return None
 
     def _scheme(self, quant_type: str, layer_type: str, prefix: str):

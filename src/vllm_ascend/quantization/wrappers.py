@@ -26,7 +26,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization.kv_cache import BaseKVCacheMethod
 from vllm.model_executor.utils import set_weight_attrs
 
-from vllm_ascend.quantization.errors import QuantTensorError
+from vllm_ascend.quantization.errors import QuantTensorError, UnsupportedSchemeError
 from vllm_ascend.quantization.methods.base import (
     AscendAttentionScheme,
     AscendLinearScheme,
@@ -60,6 +60,25 @@ class AscendLinearMethod(LinearMethodBase):
               bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x (..., K) -> (..., N)``."""
         return self.scheme.apply(layer, x, bias)
+
+
+class AscendLMHeadMethod(AscendLinearMethod):
+    """A quantized ``lm_head`` (vLLM ``ParallelLMHead``): the logits processor calls
+    :meth:`apply` like a linear layer's. Its weight cannot be tied to the float input
+    embeddings: a checkpoint that quantizes the lm_head must say
+    ``"tie_word_embeddings": false`` and carry ``lm_head.*`` tensors (the quantizer's
+    ``--lm-head`` does both)."""
+
+    def embedding(self, layer: torch.nn.Module, input_: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedSchemeError(f"{self.scheme.prefix}: a quantized lm_head is not an "
+                                     "input embedding")
+
+    def tie_weights(self, layer: torch.nn.Module, embed_tokens: torch.nn.Module):
+        raise UnsupportedSchemeError(
+            f"{self.scheme.prefix} is quantized ({type(self.scheme).__name__}) but the model "
+            "config ties it to the float input embeddings (tie_word_embeddings: true); set "
+            '"tie_word_embeddings": false in config.json and ship lm_head.* tensors, or mark '
+            f'"{self.scheme.prefix}.weight": "FLOAT"')
 
 
 class AscendFusedMoEMethod(FusedMoEMethodBase):

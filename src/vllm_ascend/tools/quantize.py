@@ -3,7 +3,7 @@
     python -m vllm_ascend.tools.quantize --model DIR --scheme SCHEME --out DIR
         [--format modelslim|compressed-tensors] [--calib-prompts N] [--group-size G]
         [--w4a8-format new|legacy] [--moe-scheme W8A8_DYNAMIC|W4A8_DYNAMIC|FLOAT]
-        [--smooth-alpha A] [--symmetric-activations] [--flatquant-transform random|identity]
+        [--smooth-alpha A] [--lm-head FLOAT|W8A8_DYNAMIC|W8A16] [--symmetric-activations] [--flatquant-transform random|identity]
         [--seed S] [--no-quantization-config] [--force] [--no-progress]
 
 prints the written directory on stdout (progress bars and notes go to stderr). Runs on any
@@ -13,8 +13,12 @@ CPU: no NPU, no vLLM engine. The tensor layouts are docs/quantization.md's.
 (attention q/k/v/o, MLP gate/up/down, shared experts) gets ``--scheme``; routed experts
 (``<moe>.experts.<e>.<proj>``) get ``--moe-scheme`` (default: W8A8_DYNAMIC for W8A8 /
 W8A8_DYNAMIC, W4A8_DYNAMIC for W4A8_DYNAMIC, whose other layers then run W8A8_DYNAMIC: the
-DeepSeek W4A8 layout). Embeddings, lm_head, norms, the MoE router and MLA's kv_b_proj stay
-float and are marked ``"FLOAT"`` in ``quant_model_description.json``.
+DeepSeek W4A8 layout). Embeddings, norms, the MoE router and MLA's kv_b_proj stay float and
+are marked ``"FLOAT"`` in ``quant_model_description.json``; so is the lm_head unless
+``--lm-head W8A8_DYNAMIC|W8A16`` (ModelSlim format): it is then written as ``lm_head.*`` int8
+tensors (per-channel), from the input embedding when the source ties the two, and the
+written config says ``"tie_word_embeddings": false`` (the input embedding stays float). The
+lm_head is a small model's largest weight, read once per decoded token.
 
 **Schemes** (``--format modelslim``, the default): W8A8 (static activations calibrated on
 ``--calib-prompts`` built-in prompts through the fp32 model: per-layer input range ->
@@ -53,6 +57,7 @@ from typing import Any
 
 from vllm_ascend.tools.quantize_plan import (
     CT_SCHEMES,
+    LM_HEAD_CHOICES,
     MODELSLIM_SCHEMES,
     MOE_SCHEMES,
     Plan,
@@ -60,6 +65,7 @@ from vllm_ascend.tools.quantize_plan import (
     canonical_scheme,
     check_shapes,
     make_plan,
+    plan_lm_head,
     resolve_group_size,
 )
 
@@ -167,7 +173,7 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
              w4a8_format: str = "new", moe_scheme: str | None = None, force: bool = False,
              symmetric_activations: bool = False, flatquant_transform: str = "random",
              seed: int = 0, quantization_config: bool = True, progress: bool = True,
-             smooth_alpha: float | None = None) -> Path:
+             smooth_alpha: float | None = None, lm_head: str = "FLOAT") -> Path:
     """Write the quantized checkpoint of ``model`` into ``out`` and return ``out``."""
     from transformers import AutoConfig
 
@@ -203,6 +209,7 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
         hf_model = load_model(model)
         source = Source(model, hf_model.state_dict())
     plan = make_plan(scheme, source.shapes, linear_names(config, source.shapes), moe_scheme, fmt)
+    plan.lm_head = plan_lm_head(lm_head, config, source.shapes, fmt)
     group = resolve_group_size(plan, source.shapes, group_size, fmt)
     check_shapes(plan, source.shapes)
     _log(summary(plan, group, fmt))
@@ -251,6 +258,8 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
             config_dict.pop("quantization_config", None)
             if quantization_config:
                 config_dict["quantization_config"] = {"quant_method": "ascend"}
+            if plan.lm_head and plan.lm_head.tied:
+                config_dict["tie_word_embeddings"] = False
         else:
             from vllm_ascend.tools.quantize_ct import quantization_config as ct_config
 
@@ -275,9 +284,11 @@ def summary(plan: Plan, group: int, fmt: str) -> str:
     for t in (*plan.linear.values(), *plan.experts.values()):
         counts[t] = counts.get(t, 0) + 1
     text = ", ".join(f"{n} x {t}" for t, n in sorted(counts.items()))
-    floats = f"; float: lm_head/embeddings/norms + {len(plan.float_linear)} linear " \
+    head = f"lm_head {plan.lm_head.quant_type}" + (" (untied)" if plan.lm_head.tied else "") \
+        if plan.lm_head else "lm_head FLOAT"
+    floats = f"; float: embeddings/norms + {len(plan.float_linear)} linear " \
              f"(router / kv_b_proj)" if plan.float_linear else ""
-    return f"quantizing ({fmt}): {text} linear layer(s), group_size {group}{floats}"
+    return f"quantizing ({fmt}): {text} linear layer(s), {head}, group_size {group}{floats}"
 
 
 def _default_permissions(directory: Path) -> None:
@@ -326,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-alpha", type=float, default=None,
                    help="SmoothQuant migration strength for W8A8 / W8A8_DYNAMIC (0 = off; "
                    "default 0.5 for --scheme W8A8 / W8A8_DYNAMIC, off otherwise)")
+    p.add_argument("--lm-head", default="FLOAT", choices=LM_HEAD_CHOICES, type=str.upper,
+                   help="scheme of the output projection (default FLOAT; modelslim format; a "
+                   "tied lm_head is untied, the input embedding staying float)")
     p.add_argument("--flatquant-transform", default="random", choices=("random", "identity"))
     p.add_argument("--seed", type=int, default=0, help="FlatQuant transforms / random prompts")
     p.add_argument("--no-quantization-config", action="store_true",
@@ -345,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                        force=args.force, symmetric_activations=args.symmetric_activations,
                        flatquant_transform=args.flatquant_transform, seed=args.seed,
                        quantization_config=not args.no_quantization_config,
-                       progress=not args.no_progress, smooth_alpha=args.smooth_alpha)
+                       progress=not args.no_progress, smooth_alpha=args.smooth_alpha,
+                       lm_head=args.lm_head)
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,12 @@ _EXPERT = re.compile(r"^(?P<moe>.+\.experts)\.(?P<e>\d+)\.(?P<proj>[^.]+)\.weigh
 _DOWN = ("down_proj", "w2")
 
 
+#: ``--lm-head`` choices (the plugin's ``LM_HEAD_SCHEMES`` and FLOAT).
+LM_HEAD_CHOICES = ("FLOAT", "W8A8_DYNAMIC", "W8A16")
+#: Checkpoint prefix of the output projection (vLLM's ``ParallelLMHead`` prefix).
+LM_HEAD = "lm_head"
+
+
 class QuantizeError(ValueError):
     """Bad quantizer input: the message says what is wrong and what is accepted."""
 
@@ -63,6 +69,17 @@ def canonical_scheme(scheme: str, fmt: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class LMHead:
+    """A quantized output projection: written as ``lm_head.<suffix>`` from the ``source``
+    tensor, which is the input embedding when the source ties the two (``tied``; the
+    written config then unties them, the embedding staying float)."""
+
+    quant_type: str
+    source: str
+    tied: bool
+
+
 @dataclass
 class Plan:
     """``linear`` / ``experts``: checkpoint prefix (without ``.weight``) -> quant type."""
@@ -74,6 +91,7 @@ class Plan:
     dense_scheme: str = ""
     moe_scheme: str | None = None
     group_size: int = 0
+    lm_head: LMHead | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -83,7 +101,9 @@ class Plan:
         return self.linear.get(prefix) or self.experts.get(prefix)
 
     def types(self) -> set[str]:
-        return {t for t in (*self.linear.values(), *self.experts.values()) if t != "FLOAT"}
+        head = (self.lm_head.quant_type,) if self.lm_head else ()
+        return {t for t in (*self.linear.values(), *self.experts.values(), *head)
+                if t != "FLOAT"}
 
 
 def linear_module_names(config) -> list[str]:
@@ -95,6 +115,46 @@ def linear_module_names(config) -> list[str]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def plan_lm_head(quant_type: str, config, shapes: dict[str, tuple[int, ...]],
+                 fmt: str) -> LMHead | None:
+    """``--lm-head``: None for FLOAT, else where the output projection's weight comes from
+    (``lm_head.weight``, or the input embedding of a checkpoint that ties the two)."""
+    name = quant_type.strip().upper()
+    if name not in LM_HEAD_CHOICES:
+        raise QuantizeError(f"unknown --lm-head {quant_type!r}; accepted: "
+                            + ", ".join(LM_HEAD_CHOICES))
+    if name == "FLOAT":
+        return None
+    if fmt != "modelslim":
+        raise QuantizeError("--lm-head: a quantized lm_head is written in --format modelslim "
+                            "only (compressed-tensors checkpoints keep it float)")
+    if f"{LM_HEAD}.weight" in shapes:
+        return LMHead(name, f"{LM_HEAD}.weight", tied=False)
+    if not getattr(config, "tie_word_embeddings", False):
+        raise QuantizeError(f"--lm-head {name}: the checkpoint has no '{LM_HEAD}.weight' and "
+                            "does not tie it to the input embeddings")
+    embedding = input_embedding_name(config, shapes)
+    if embedding is None:
+        raise QuantizeError(f"--lm-head {name}: the checkpoint ties the lm_head to the input "
+                            "embeddings, and their tensor was not found")
+    return LMHead(name, embedding, tied=True)
+
+
+def input_embedding_name(config, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The checkpoint name of the input-embedding weight (transformers' model built on the
+    meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    embed = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embed and f"{name}.weight" in shapes:
+            return f"{name}.weight"
+    return None
 
 
 def is_router(prefix: str) -> bool:

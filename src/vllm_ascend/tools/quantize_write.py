@@ -5,7 +5,9 @@ A planned layer's ``<prefix>.weight`` becomes its scheme's tensors ``<prefix>.<s
 (:mod:`quantize_math` for ModelSlim, :mod:`quantize_ct` for compressed-tensors); every other
 tensor is copied unchanged in its own dtype. The returned entries (tensor name -> type,
 ``"FLOAT"`` for copied tensors; a quantized layer's bias carries the layer's type) are the
-per-tensor part of ``quant_model_description.json``.
+per-tensor part of ``quant_model_description.json``. A planned lm_head (``--lm-head``) is
+written last, as ``lm_head.<suffix>``, from its source tensor (the input embedding when tied,
+which is then also copied float).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_ascend.tools import quantize_math as qm
-from vllm_ascend.tools.quantize_plan import Plan, is_down, is_row_parallel
+from vllm_ascend.tools.quantize_plan import LM_HEAD, Plan, is_down, is_row_parallel
 
 FLOAT = "FLOAT"
 PRODUCER = "vllm_ascend.tools.quantize"
@@ -80,8 +82,16 @@ def write_tensors(source, plan: Plan, opt: Options, writer) -> dict[str, str]:
                 writer.add(f"{prefix}.{suffix}", t)
                 entries[f"{prefix}.{suffix}"] = quant_type
             continue
+        if plan.lm_head and not plan.lm_head.tied and name == plan.lm_head.source:
+            continue  # written quantized below
         writer.add(name, source.get(name))
         entries[name] = quant_type if (leaf == "bias" and quant_type) else FLOAT
+    if plan.lm_head:
+        head = plan.lm_head
+        for suffix, t in qm.quantize_linear(source.get(head.source).float(), head.quant_type,
+                                            group=opt.group).items():
+            writer.add(f"{LM_HEAD}.{suffix}", t)
+            entries[f"{LM_HEAD}.{suffix}"] = head.quant_type
     return entries
 
 
@@ -94,6 +104,7 @@ def description(plan: Plan, entries: dict[str, str], opt: Options, w4a8_format: 
         "producer": PRODUCER, "source": model.name,
         "linear_scheme": plan.dense_scheme, "moe_scheme": plan.moe_scheme,
         "float_linear": sorted(plan.float_linear),
+        "lm_head": plan.lm_head.quant_type if plan.lm_head else FLOAT,
     }
     if "W8A8" in types:
         metadata["calibration"] = {

@@ -9,6 +9,8 @@
   scheme's math on the dequantized weights exactly where it is weight-only);
 - both W4A8_DYNAMIC formats load to identical internal tensors (linear and experts);
 - MoE: per-expert tensors, the DeepSeek W4A8 layout and ``--moe-scheme``;
+- ``--lm-head``: int8 ``lm_head.*`` tensors (tied sources untied), loaded by vLLM's
+  ``ParallelLMHead`` through the plugin's lm_head method;
 - compressed-tensors: the config parses into the expected schemes and loads;
 - bad input fails with a clear message, and never leaves a half-written directory.
 
@@ -51,16 +53,17 @@ F32, I8, I32 = torch.float32, torch.int8, torch.int32
 
 # ----------------------------------------------------------------------- fixtures
 
-def tiny_llama(path: Path, outlier: float = 8.0) -> Path:
+def tiny_llama(path: Path, outlier: float = 8.0, tied: bool = False) -> Path:
     """A random LlamaForCausalLM (fp32 safetensors) whose embedding has 4 outlier channels
-    (``outlier`` x the others), as real activations have."""
+    (``outlier`` x the others), as real activations have; ``tied``: the lm_head is the input
+    embedding (no ``lm_head.weight`` in the checkpoint, like SmolLM2)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_attention_heads=HEADS,
                          num_key_value_heads=KV_HEADS, num_hidden_layers=LAYERS,
                          vocab_size=VOCAB, max_position_embeddings=256,
-                         tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+                         tie_word_embeddings=tied, architectures=["LlamaForCausalLM"])
     model = LlamaForCausalLM(config).float()
     with torch.no_grad():
         model.model.embed_tokens.weight[:, :4] *= outlier
@@ -604,6 +607,66 @@ def test_compressed_tensors(llama, tmp_path, scheme):
         assert rel(run(layer, x), ref) < tol, (kind, rel(run(layer, x), ref))
 
 
+# ----------------------------------------------------------------------- lm_head
+
+@pytest.mark.usefixtures("vllm_ctx")
+@pytest.mark.parametrize("tied,head", [(False, "W8A8_DYNAMIC"), (True, "W8A16")])
+def test_quantized_lm_head(tmp_path, tied, head):
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
+
+    from vllm_ascend.quantization.errors import UnsupportedSchemeError
+
+    src = tiny_llama(tmp_path / "src", tied=tied)
+    out = quantize(src, "W8A8_DYNAMIC", tmp_path / "q", progress=False, lm_head=head.lower())
+    tensors, desc = read(out)
+    source = source_weights(src)
+    w = source["model.embed_tokens.weight" if tied else "lm_head.weight"]
+    assert tensors["lm_head.weight"].dtype == I8 and tensors["lm_head.weight"].shape == (VOCAB,
+                                                                                       HIDDEN)
+    assert tensors["lm_head.weight_scale"].shape == (VOCAB, 1)
+    assert torch.equal(tensors["model.embed_tokens.weight"], source["model.embed_tokens.weight"])
+    assert desc["lm_head.weight"] == desc["lm_head.weight_scale"] == head
+    assert desc["model.embed_tokens.weight"] == "FLOAT" and desc["metadata"]["lm_head"] == head
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    # |w - q s| <= s / 2 per row
+    deq = tensors["lm_head.weight"].double() * tensors["lm_head.weight_scale"].double()
+    assert bool(((deq - w.double()).abs() <= tensors["lm_head.weight_scale"] / 2 + 1e-7).all())
+
+    # vLLM's ParallelLMHead loads it through the plugin's method; logits = x W^T
+    config = modelslim_config(out)
+    head_layer = ParallelLMHead(VOCAB, HIDDEN, quant_config=config, prefix="lm_head",
+                                params_dtype=F32)
+    params = dict(head_layer.named_parameters())
+    for name, t in tensors.items():
+        if name.startswith("lm_head."):
+            params[name[len("lm_head."):]].weight_loader(params[name[len("lm_head."):]], t)
+    head_layer.quant_method.process_weights_after_loading(head_layer)
+    x = torch.randn(5, HIDDEN, generator=torch.Generator().manual_seed(1))
+    logits = head_layer.quant_method.apply(head_layer, x)
+    assert logits.shape == (5, VOCAB)
+    assert rel(logits, x.double() @ w.double().t()) < 0.03
+    xs = quantized_input(head, x, tensors, "lm_head")
+    assert rel(logits, xs @ deq.t()) < 1e-5
+    # a quantized lm_head cannot be tied to the float embedding, nor can embeddings be int8
+    embed = VocabParallelEmbedding(VOCAB, HIDDEN, params_dtype=F32, prefix="model.embed_tokens")
+    with pytest.raises(UnsupportedSchemeError, match="tie_word_embeddings: true"):
+        head_layer.tie_weights(embed)
+    bad = dict(desc, **{"model.embed_tokens.weight": "W8A8_DYNAMIC"})
+    from vllm_ascend.quantization.modelslim_config import AscendQuantConfig
+
+    bad_config = AscendQuantConfig(parse_description(bad, str(out)), str(out))
+    with pytest.raises(UnsupportedSchemeError, match="quantized input embeddings"):
+        VocabParallelEmbedding(VOCAB, HIDDEN, quant_config=bad_config, prefix="model.embed_tokens")
+    w4 = AscendQuantConfig(parse_description(dict(desc, **{"lm_head.weight": "W4A16"}), str(out)),
+                           str(out))
+    with pytest.raises(UnsupportedSchemeError, match="accepted for the lm_head: 'FLOAT', "
+                                                     "'W8A8_DYNAMIC', 'W8A16'"):
+        ParallelLMHead(VOCAB, HIDDEN, quant_config=w4, prefix="lm_head")
+
+
 # ----------------------------------------------------------------------- errors
 
 def test_errors(llama, tmp_path, tiny_moe, capsys):
@@ -638,6 +701,10 @@ def test_errors(llama, tmp_path, tiny_moe, capsys):
         quantize(llama, "W8A16", tmp_path / "x", smooth_alpha=0.5)
     with pytest.raises(QuantizeError, match="must be in"):
         quantize(llama, "W8A8", tmp_path / "x", smooth_alpha=1.5)
+    with pytest.raises(QuantizeError, match="unknown --lm-head 'W4A8'; accepted: FLOAT, W8A8_DY"):
+        quantize(llama, "W8A8", tmp_path / "x", lm_head="W4A8")
+    with pytest.raises(QuantizeError, match="--format modelslim only"):
+        quantize(llama, "W8A8", tmp_path / "x", fmt="compressed-tensors", lm_head="W8A16")
     with pytest.raises(QuantizeError, match="--calib-prompts must be >= 1"):
         quantize(llama, "W8A8", tmp_path / "x", calib_prompts=0)
     assert not (tmp_path / "x").exists()
