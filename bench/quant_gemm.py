@@ -6,8 +6,11 @@
 - ``w8a8``: W8A8_DYNAMIC's ``npu_dynamic_quant`` + ``npu_quant_matmul`` (int8 weight in the
   NZ-cast (K, N) layout, per-channel scale, per-token scale), through the facade;
 - ``w8a16``: ``npu_weight_quant_batchmatmul`` with an int8 weight, per-channel scale;
-- ``w4``: W4A8_DYNAMIC's linear, ``npu_weight_quant_batchmatmul`` with a packed int4 weight
+- ``w4``: W4A16's linear, ``npu_weight_quant_batchmatmul`` with a packed int4 weight
   (K, N/8) and per-group scales (``--group``, default 64);
+- ``a8w4``: ``npu_dynamic_quant`` + the A8W4 ``npu_grouped_matmul`` (int8 activations x
+  packed int4 weight, per-group scales, float bias, per-token scale; list form): the
+  W4A8_DYNAMIC linear layers' and experts' product, on csrc's ``a8w4_mm_cached``;
 - ``w8a8_exact`` / ``w4_exact`` (``--exact``): the same ops on their plain PyTorch path.
 
 Weights rotate over enough copies to exceed the last-level cache (``--cache-mb``), so each
@@ -136,6 +139,19 @@ def bench_shape(k: int, n: int, m: int, args, ops, cpu_kernels) -> dict:
         return lambda: ops.npu_weight_quant_batchmatmul(x, w, s, antiquant_group_size=group)
     variant("w4", k * n // 2, w4_call)
 
+    def a8w4_call(i):
+        v = torch.randint(-8, 8, (k, n), generator=g, dtype=torch.int32)
+        w = ops.npu_convert_weight_to_int4pack(v)
+        s = torch.rand(groups, n, generator=g) * 0.01 + 1e-3
+        b = torch.rand(n, generator=g)
+
+        def call():
+            xq, xs = ops.npu_dynamic_quant(x)
+            return ops.npu_grouped_matmul([xq], [w], scale=[s], bias=[b], per_token_scale=[xs],
+                                          output_dtype=x.dtype)[0]
+        return call
+    variant("a8w4", k * n // 2, a8w4_call)
+
     if args.exact:
         saved = cpu_kernels.force_exact
         cpu_kernels.force_exact = True
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.avx2:
         cpu_kernels.use_avx512 = False
+        cpu_kernels.a8w4_isa = 0
     ms = [int(v) for v in args.m.split(",") if v.strip()]
     bw = copy_bandwidth()
     info = {"kernels": cpu_kernels.describe(), "threads": torch.get_num_threads(),
@@ -183,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     print(f"threads {info['threads']}, copy bandwidth {bw / 1e9:.1f} GB/s, "
           f"kernels {info['kernels']}", flush=True)
-    cols = ["fp32", "w8a8", "w8a16", "w4"] + (["w8a8_exact", "w4_exact"] if args.exact else [])
+    cols = ["fp32", "w8a8", "w8a16", "w4", "a8w4"] + (["w8a8_exact", "w4_exact"] if args.exact
+                                                      else [])
     head = f"{'layer':>8} {'K':>5} {'N':>5} {'M':>3} |" + "".join(f"{c:>11}" for c in cols) \
         + " |" + "".join(f"{c:>9}" for c in ("floor32", "floor8", "floor4")) + " | x fp32 (w8a8, w4)"
     print(head + "\n" + "-" * len(head), flush=True)

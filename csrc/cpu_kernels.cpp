@@ -30,6 +30,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <cstdint>
 
 namespace {
@@ -185,6 +186,11 @@ __attribute__((target("avx512f"))) void gemm_block_avx512(const Args& a, int64_t
 
 bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
 }
 
@@ -412,8 +418,68 @@ at::Tensor i8_matmul_meta(const at::Tensor& x, const at::Tensor& packed, int64_t
 // (no smooth scales): scale = max|x| / 127 (a NaN max or a zero gives scale 1),
 // y = round_half_even(x / scale) clamped to [-127, 127], NaN -> 0 (torch's cast of a NaN).
 // True IEEE division and no FMA contraction (-ffp-contract=off), like the torch ops.
+// One fp32 row, AVX2: the same IEEE operations 8 lanes at a time (max of |x| ignoring NaN
+// plus a NaN flag; vdivps; vroundps to nearest-even; clamp; NaN lanes -> 0), so the result is
+// bit-identical to the scalar loop below (which also finishes a tail of h % 8 here).
+__attribute__((target("avx2,fma"))) void dynamic_quant_row_avx2(const float* xr, int8_t* yr,
+                                                                 float* scale, int64_t h) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 vmax = _mm256_setzero_ps();
+  __m256 vnan = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= h; j += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + j));
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    vmax = _mm256_max_ps(a, vmax);  // a NaN in `a` keeps vmax (second operand)
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float m = 0.f;
+  for (float v : lanes) m = v > m ? v : m;
+  bool nan = _mm256_movemask_ps(vnan) != 0;
+  for (int64_t t = j; t < h; ++t) {
+    const float a = std::fabs(xr[t]);
+    nan |= std::isnan(a);
+    m = a > m ? a : m;
+  }
+  float s = nan ? std::numeric_limits<float>::quiet_NaN() : m / 127.0f;
+  if (!(s > 0.f)) s = 1.0f;
+  *scale = s;
+  const __m256 vs = _mm256_set1_ps(s);
+  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  j = 0;
+  for (; j + 8 <= h; j += 8) {
+    const __m256 v = _mm256_div_ps(_mm256_loadu_ps(xr + j), vs);
+    const __m256 ord = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+    __m256 q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(q, lo), hi), ord);  // NaN -> +0
+    const __m256i i32 = _mm256_cvtps_epi32(q);
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32),
+                                        _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(yr + j), _mm_packs_epi16(i16, i16));
+  }
+  for (; j < h; ++j) {
+    const float v = xr[j] / s;
+    if (std::isnan(v)) {
+      yr[j] = 0;
+    } else {
+      const float q = std::nearbyint(v);
+      yr[j] = static_cast<int8_t>(q < -127.f ? -127.f : (q > 127.f ? 127.f : q));
+    }
+  }
+}
+
 template <typename T>
 void dynamic_quant_rows(const T* x, int8_t* y, float* scale, int64_t rows, int64_t h) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (has_avx2()) {
+      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          dynamic_quant_row_avx2(x + r * h, y + r * h, scale + r, h);
+      });
+      return;
+    }
+  }
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * h;

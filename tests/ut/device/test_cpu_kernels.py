@@ -139,9 +139,9 @@ def test_quant_matmul_fast_equals_exact(m, k, n, seed, batch, layout, scale_kind
         elif bias_kind == "int32":
             kw["bias"] = ints(seed + 3, (n,), -10**5, 10**5, torch.int32)
     with _int8_backend(backend) as builds:
-        before = ck.stats[builds]
+        before = ck.builds(builds)
         y = fast(mm.npu_quant_matmul, x1, x2, scale, **kw)
-        assert ck.stats[builds] == before + 1  # the fast path ran (a new weight)
+        assert ck.builds(builds) == before + 1  # the fast path ran (a new weight)
     ref = exact(mm.npu_quant_matmul, x1, x2, scale, **kw)
     assert y.dtype == ref.dtype and y.shape == ref.shape
     assert torch.equal(y, ref)
@@ -161,9 +161,9 @@ def test_quant_matmul_large_k_keeps_exact_integers(k, backend):
     expected = a.long() @ b.long()
     bias = torch.arange(5, dtype=torch.int32) * 1000
     with _int8_backend(backend) as builds:
-        before = ck.stats[builds]
+        before = ck.builds(builds)
         y = fast(mm.npu_quant_matmul, a, b, torch.ones(1), output_dtype=torch.int32)
-        assert ck.stats[builds] == before + 1
+        assert ck.builds(builds) == before + 1
         assert torch.equal(y.long(), expected)
         for kw in ({"output_dtype": torch.float32},
                    {"output_dtype": torch.float32, "bias": bias},
@@ -179,17 +179,17 @@ def test_onednn_handle_cached_per_weight_not_per_scale():
     w = quant.npu_format_cast(ints(1, (96, 64)).t().contiguous(), 29)  # (k=64, n=96)
     x = ints(2, (4, 64))
     s1, s2 = rand(3, (96,), 0.1, lo=0.01), rand(4, (96,), 0.1, lo=0.01)
-    before = ck.stats["onednn_weights"]
+    before = ck.builds("onednn_weights")
     y1 = fast(mm.npu_quant_matmul, x, w, s1, output_dtype=torch.float32)
     y1b = fast(mm.npu_quant_matmul, x, w, s1, output_dtype=torch.float32)
     y2 = fast(mm.npu_quant_matmul, x, w, s2, output_dtype=torch.float32)
-    assert ck.stats["onednn_weights"] == before + 1
+    assert ck.builds("onednn_weights") == before + 1
     assert torch.equal(y1, y1b)
     assert torch.equal(y2, exact(mm.npu_quant_matmul, x, w, s2, output_dtype=torch.float32))
     with torch.no_grad():
         w[0].neg_()  # in place: the version counter moves, the handle is rebuilt
     y3 = fast(mm.npu_quant_matmul, x, w, s1, output_dtype=torch.float32)
-    assert ck.stats["onednn_weights"] == before + 2
+    assert ck.builds("onednn_weights") == before + 2
     assert torch.equal(y3, exact(mm.npu_quant_matmul, x, w, s1, output_dtype=torch.float32))
     assert quant.get_npu_format(w) == 29
 
@@ -200,9 +200,9 @@ def test_quant_matmul_without_kernels_uses_plain_path(monkeypatch):
     a, b = ints(1, (3, 40)), ints(2, (40, 7))
     monkeypatch.setattr(ck, "onednn_available", lambda: False)
     if ck.native_available():
-        before = ck.stats["i8_weights"]
+        before = ck.builds("i8_weights")
         assert torch.equal(fast(ck.int8_mm, a, b).long(), a.long() @ b.long())
-        assert ck.stats["i8_weights"] == before + 1
+        assert ck.builds("i8_weights") == before + 1
     monkeypatch.setattr(ck, "native_available", lambda: False)
     assert ck.int8_mm(a, b) is None
     y = mm.npu_quant_matmul(a, b, torch.ones(1), output_dtype=torch.int32)
@@ -244,10 +244,10 @@ def test_weight_quant_batchmatmul_fast_matches_exact(m, kw, nw, seed, data, layo
     bias = rand(seed + 3, (n,), 2.0).to(dtype) if with_bias else None
     x = rand(seed + 4, (m, k), 1.0).to(dtype)
     args = (x, weight, scale, offset, None, None, bias)
-    before = ck.stats["wq_weights"]
+    before = ck.builds("wq_weights")
     with _isa(wide):
         y = fast(mm.npu_weight_quant_batchmatmul, *args, antiquant_group_size=group)
-    assert ck.stats["wq_weights"] == before + 1  # the fast path ran (a new weight)
+    assert ck.builds("wq_weights") == before + 1  # the fast path ran (a new weight)
     ref = exact(mm.npu_weight_quant_batchmatmul, *args, antiquant_group_size=group)
     assert y.dtype == ref.dtype == dtype and y.shape == ref.shape == (m, n)
     W = exact(mm._antiquant, w, scale, offset, group)
@@ -299,18 +299,18 @@ def test_wq_cache_invalidation():
         _close(run(weight, scale), ref(weight, scale), x.double().abs() @ W.double().abs(),
                torch.float32)
 
-    wb, pb = ck.stats["wq_weights"], ck.stats["wq_params"]
+    wb, pb = ck.builds("wq_weights"), ck.builds("wq_params")
     check(packed, s1)
     check(packed, s1)
-    assert (ck.stats["wq_weights"], ck.stats["wq_params"]) == (wb + 1, pb + 1)
+    assert (ck.builds("wq_weights"), ck.builds("wq_params")) == (wb + 1, pb + 1)
     check(packed, s2)  # new scale tensor: new table, same packed weight
-    assert (ck.stats["wq_weights"], ck.stats["wq_params"]) == (wb + 1, pb + 2)
+    assert (ck.builds("wq_weights"), ck.builds("wq_params")) == (wb + 1, pb + 2)
     s2.mul_(3.0)  # in-place scale change
     check(packed, s2)
-    assert (ck.stats["wq_weights"], ck.stats["wq_params"]) == (wb + 1, pb + 3)
+    assert (ck.builds("wq_weights"), ck.builds("wq_params")) == (wb + 1, pb + 3)
     packed.copy_(pack_int4(ints(5, (k, n), -8, 7)))  # in-place weight change
     check(packed, s2)
-    assert ck.stats["wq_weights"] == wb + 2
+    assert ck.builds("wq_weights") == wb + 2
 
 
 @needs_native

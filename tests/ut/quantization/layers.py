@@ -77,7 +77,7 @@ def oracle(quant_type: str, x: torch.Tensor, w_deq: torch.Tensor,
     (``deq``: the exact W8A8 deq_scale when known, else estimated from the weight)."""
     xf = x.float()
     x64 = xf.double()
-    if quant_type == "W8A8_DYNAMIC":
+    if quant_type in ("W8A8_DYNAMIC", "W4A8_DYNAMIC"):  # int8 per-token activations
         s = xf.abs().amax(dim=1) / 127
         s = torch.where(s > 0, s, torch.ones_like(s))
         x64 = torch.round(xf / s[:, None]).clamp(-127, 127).double() * s.double()[:, None]

@@ -2,8 +2,10 @@
 
 Facts pinned here (vllm-ascend ``quantization/methods/w4a8.py``): description ``version``
 "1.0.0" stores two int4 per int8 byte along the output dim (even output in the low nibble),
-otherwise one int4 per int8; ``group_size`` defaults to 256; the weight runs through the
-weight-only quantised matmul with ``weight_scale * weight_scale_second`` per group.
+otherwise one int4 per int8; ``group_size`` defaults to 256; the per-group scale is
+``weight_scale * weight_scale_second``. Activations are int8 per-token dynamic (the plugin's
+choice, see the scheme's docstring), so the float64 reference quantizes x the same way; a
+1.0.0 ``scale_bias`` must match ``8 * sum_k w s``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def checkpoint(n, k, group, seed):
 
 
 def tensors_for(values, scale, second, packed, bias_cols=1):
+    """The checkpoint tensors; a 1.0.0 scale_bias from the quantizer's own formula."""
+    from vllm_ascend.tools.quantize_math import scale_bias
+
     n = values.shape[0]
     t = {"weight": pack_int4_pairs(values, dim=0) if packed else values.clone(),
          "weight_scale": scale, "weight_offset": torch.zeros(n, 1)}
@@ -109,7 +114,8 @@ def tensors_for(values, scale, second, packed, bias_cols=1):
         t["weight_scale_second"] = second
         t["weight_offset_second"] = torch.zeros_like(second)
     if packed:
-        t["scale_bias"] = torch.full((n, bias_cols), 0.25)
+        full = scale if second is None else scale * second
+        t["scale_bias"] = scale_bias(values, full, bias_cols)
     return t
 
 
@@ -123,8 +129,17 @@ def build(values, scale, second, packed, group, dtype=torch.float32, widths=None
     return sch, layer
 
 
+def quantize_rows(x):
+    """Per-token symmetric int8 as ``npu_dynamic_quant``: ``round(x / s) * s``, float64."""
+    s = x.float().abs().amax(dim=-1, keepdim=True) / 127
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return torch.round(x.float() / s).clamp(-127, 127).double() * s.double()
+
+
 def reference(x, values, scale, second, group, bias=None):
-    """float64 ``x @ W_deq^T`` with ``W_deq[n, k] = w[n, k] * s_c[n] * s_g[n, k // G]``."""
+    """float64 ``xq @ W_deq^T`` with ``W_deq[n, k] = w[n, k] * s_c[n] * s_g[n, k // G]``
+    (``xq``: x quantized per token to int8 and back)."""
+    x = quantize_rows(x)
     s = scale.double() if second is None else \
         scale.double() * second.double().repeat_interleave(group, dim=1)
     w = values.double() * s
@@ -152,7 +167,7 @@ def test_both_layouts_load_to_one_form_and_match_float64(n8, group, groups, m, s
         sch.process_weights_after_loading(layer)
         forms.append({name: p.detach().clone() for name, p in layer.named_parameters()})
         outs.append(sch.apply(layer, x, bias))
-    assert forms[0].keys() == forms[1].keys() == {"weight", "weight_scale"}
+    assert forms[0].keys() == forms[1].keys() == {"weight", "weight_scale", "scale_bias"}
     for name in forms[0]:
         assert torch.equal(forms[0][name], forms[1][name]), name
     assert forms[0]["weight"].dtype == torch.int32 and forms[0]["weight"].shape == (k, n // 8)
@@ -167,7 +182,7 @@ def test_bf16_model_and_batched_input():
     sch, layer = build(values, scale, second, True, 16, dtype=torch.bfloat16)
     copy_into(layer, tensors_for(values, scale, second, True))
     sch.process_weights_after_loading(layer)
-    assert layer.weight_scale.dtype == torch.bfloat16
+    assert layer.weight_scale.dtype == torch.float32  # the A8W4 matmul's scale operand
     x = uniform(8, (2, 3, 32), -1, 1).to(torch.bfloat16)
     y = sch.apply(layer, x)
     assert y.shape == (2, 3, 16) and y.dtype == torch.bfloat16
@@ -219,9 +234,21 @@ def test_row_parallel_scale_bias_has_16_columns(monkeypatch):
     values, scale, second = checkpoint(8, 16, 8, seed=3)
     sch, layer = build(values, scale, second, True, 8)
     assert layer.scale_bias.shape == (8, 16)
-    copy_into(layer, tensors_for(values, scale, second, True, bias_cols=16))
+    tensors = tensors_for(values, scale, second, True, bias_cols=16)
+    copy_into(layer, tensors)
     sch.process_weights_after_loading(layer)
-    assert not hasattr(layer, "scale_bias")
+    assert layer.scale_bias.shape == (8,)
+    assert torch.allclose(layer.scale_bias, tensors["scale_bias"].sum(1), rtol=1e-5)
+
+
+def test_scale_bias_that_disagrees_with_the_weights_is_refused():
+    values, scale, second = checkpoint(8, 16, 8, seed=4)
+    sch, layer = build(values, scale, second, True, 8)
+    tensors = tensors_for(values, scale, second, True)
+    tensors["scale_bias"][3] += 1.0
+    copy_into(layer, tensors)
+    with pytest.raises(QuantTensorError, match=r"scale_bias.*channel 3, but 8 \* sum_k w"):
+        sch.process_weights_after_loading(layer)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -360,9 +360,9 @@ def proj_of(shard: str) -> str:
 
 def quantized_input(scheme, x, tensors, prefix):
     """x as the scheme quantizes it (float64), or None when not a simple closed form."""
-    if scheme in ("W8A16", "W4A16", "W4A8_DYNAMIC"):
+    if scheme in ("W8A16", "W4A16"):
         return x.double()
-    if scheme == "W8A8_DYNAMIC":
+    if scheme in ("W8A8_DYNAMIC", "W4A8_DYNAMIC"):
         s = x.abs().amax(dim=1, keepdim=True) / 127
         return torch.round(x / s).clamp(-127, 127).double() * s.double()
     if scheme == "W8A8":
@@ -385,7 +385,7 @@ def test_w4a8_formats_load_identically(written):
         a = load_layer(kind, stem, configs[0], new)
         b = load_layer(kind, stem, configs[1], legacy)
         state_a, state_b = dict(a.named_parameters()), dict(b.named_parameters())
-        assert state_a.keys() == state_b.keys() == {"weight", "weight_scale"}
+        assert state_a.keys() == state_b.keys() == {"weight", "weight_scale", "scale_bias"}
         for name in state_a:
             assert torch.equal(state_a[name], state_b[name]), (kind, name)
 

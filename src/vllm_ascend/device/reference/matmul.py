@@ -78,7 +78,8 @@ def _vector(p, n: int, arg: str):
     if p is None:
         return None
     v = decode_quant_param(p) if p.dtype == torch.int64 else p.float()
-    if v.dim() > 2 or v.numel() not in (1, n) or (v.dim() == 2 and v.shape[0] != 1):
+    numel = v.numel()  # (explicit comparisons: dynamo can mis-trace `numel in (1, n)`)
+    if v.dim() > 2 or (numel != 1 and numel != n) or (v.dim() == 2 and v.shape[0] != 1):
         raise ValueError(f"{arg} must have shape (1,), ({n},) or (1, {n}), got {tuple(p.shape)}")
     return v.reshape(-1)
 
@@ -332,26 +333,33 @@ def _a8w4(x, w, p: dict, pertoken):
     or None; per_token_scale ``(m,)`` or None. offset and an int32 bias are rejected.
     """
     k = x.shape[-1]
-    wi = _int_weight(w, k, "weight")
-    if wi.dim() != 2:
+    if w.dtype == torch.int32 and w.dim() >= 2 and (k == w.shape[-2] or k == 8 * w.shape[-2]):
+        n = _n_of(w, k)  # the packed forms _int_weight accepts, checked without unpacking
+    else:
+        n = _int_weight(w, k, "weight").shape[-1]  # (raises for the other forms)
+    if w.dim() != 2:
         raise ValueError(f"weight must be packed int4 (k={k}, n/8), got {tuple(w.shape)}")
-    n = wi.shape[-1]
     s, off, bias = p["scale"], p["offset"], p["bias"]
     if s is None or off is not None:
         raise ValueError("int8 x with a packed int4 weight (A8W4) needs scale and no offset")
     if bias is not None and not bias.is_floating_point():
         raise ValueError("A8W4 takes a floating bias (8 * sum_k W_deq[k, n]), not int32")
-    sv = decode_quant_param(s) if s.dtype == torch.int64 else s.float()
-    if sv.dim() == 2 and sv.shape[0] > 1:
-        groups = sv.shape[0]
-        if sv.shape[1] != n or k % groups:
+    if s.dim() == 2 and s.shape[0] > 1:  # per group (decoded below only if used)
+        groups, sv = s.shape[0], None
+        if s.shape[1] != n or k % groups:
             raise ValueError(f"per-group scale must be (G, n={n}) with G dividing k={k}, "
                              f"got {tuple(s.shape)}")
     else:
-        groups, sv = 1, _vector(sv, n, "scale").expand(n).reshape(1, n)
-    xs = (x.double() - 8).reshape(x.shape[0], groups, k // groups)
-    acc = torch.einsum("mgk,gkn->mgn", xs, wi.double().reshape(groups, k // groups, n))
-    y = (acc.float() * sv.unsqueeze(0)).sum(dim=1)
+        groups, sv = 1, _vector(s, n, "scale").expand(n).reshape(1, n)
+    # The same exact group sums from the 0.5-byte weight by a compiled kernel when one applies.
+    y = cpu_kernels.a8w4_mm(x, w, s)
+    if y is None:
+        if sv is None:
+            sv = decode_quant_param(s) if s.dtype == torch.int64 else s.float()
+        wi = _int_weight(w, k, "weight")
+        xs = (x.double() - 8).reshape(x.shape[0], groups, k // groups)
+        acc = torch.einsum("mgk,gkn->mgn", xs, wi.double().reshape(groups, k // groups, n))
+        y = (acc.float() * sv.unsqueeze(0)).sum(dim=1)
     _check_bias(bias, n, y.shape)
     if bias is not None:
         y = y + bias.float()

@@ -236,7 +236,7 @@ def npu_moe_init_routing_v2(
             raise ValueError(f"quant_mode=1 needs a floating-point x, got {x.dtype}")
         v = _f32(src)
         if scale is not None:
-            if scale.dim() != 2 or scale.shape[0] not in (1, end - start):
+            if scale.dim() != 2 or (scale.shape[0] != 1 and scale.shape[0] != end - start):
                 raise ValueError(
                     f"scale must be ({end - start}, H) or (1, H) for quant_mode=1, "
                     f"got {tuple(scale.shape)}"

@@ -12,25 +12,33 @@ weight_scale              (N, 1)            per-channel scale ``s_c``
 weight_offset             (N, 1)            must be 0 (symmetric)
 weight_scale_second       (N, K/G)          per-group scale ``s_g`` (only when G > 0)
 weight_offset_second      (N, K/G)          must be 0 (symmetric)
-scale_bias (1.0.0 only)   (N, 1) / (N, 16)  quantizer's A8W4 bias; 16 columns on row-parallel
-                                            layers. Checked finite, otherwise unused here.
+scale_bias (1.0.0 only)   (N, 1) / (N, 16)  quantizer's A8W4 bias ``8 * sum_k w s``; 16
+                                            partial sums over chunks of K on row-parallel
+                                            layers. Checked against the weights.
 ========================  ================  ============================================
 
 The description's ``version`` picks the weight layout: ``"1.0.0"`` packed pairs, absent or
 ``"0"`` legacy; anything else is a :class:`DescriptionError`.
 
 After :meth:`process_weights_after_loading` both layouts are the same tensors:
-``weight`` int32 ``(K, N/8)`` (kernel int4 pack) and ``weight_scale`` ``(K/G, N)`` (or
-``(1, N)`` for G = 0) in the model dtype, ``weight_scale[g, n] = s_c[n] * s_g[n, g]``.
+``weight`` int32 ``(K, N/8)`` (kernel int4 pack), ``weight_scale`` fp32 ``(K/G, N)`` (or
+``(1, N)`` for G = 0), ``weight_scale[g, n] = s_c[n] * s_g[n, g]``, and ``scale_bias`` fp32
+``(N,)`` = ``8 * sum_k w[k, n] * weight_scale[g(k), n]`` computed from the weights (this
+rank's K slice; a 1.0.0 checkpoint's own ``scale_bias`` must agree within 1% of
+``8 * sum_k |w s|``).
 
-Math. vllm-ascend's W4A8_DYNAMIC linear runs the int4 weight through the weight-only
-quantised matmul (activations stay in the model dtype; only the MoE experts quantise them
-to int8), so this scheme does too::
+Math: int8 per-token dynamic activations (W4A8), on the same A8W4 grouped matmul as the
+W4A8_DYNAMIC experts (one group: the list form of ``npu_grouped_matmul``)::
 
-    y[m, n] = sum_g weight_scale[g, n] * sum_{k in group g} x[m, k] * w[k, n]  (+ bias[n])
+    xq, xs = npu_dynamic_quant(x)        # whole-row scale on row-parallel layers (_tp_quant)
+    y[m, n] = (sum_g weight_scale[g, n] * sum_{k in g} (xq[m, k] - 8) * w[k, n]
+               + scale_bias[n]) * xs[m]
+            = xs[m] * sum_g weight_scale[g, n] * sum_{k in g} xq[m, k] * w[k, n]   (+ bias[n])
 
-through ``ops.npu_weight_quant_batchmatmul(x, weight, weight_scale,
-antiquant_group_size=G)``.
+(the A8W4 kernel multiplies ``x - 8``, see ``device/reference/matmul._a8w4``; ``scale_bias``
+restores ``x @ W``). Upstream vllm-ascend's W4A8_DYNAMIC *linear* keeps float activations
+(``npu_weight_quant_batchmatmul``); this plugin quantises them, as the scheme's name says and
+as its experts do: the integer dot products are what make int4 fast on a CPU too (VNNI).
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ from vllm.model_executor.parameter import (
 from vllm_ascend.device import ops
 from vllm_ascend.quantization.errors import DescriptionError
 from vllm_ascend.quantization.methods import _tensor_checks as chk
-from vllm_ascend.quantization.methods._int4 import kernel_int4, unpack_int4_pairs
+from vllm_ascend.quantization.methods._int4 import kernel_int4, msd_bias, unpack_int4_pairs
+from vllm_ascend.quantization.methods._tp_quant import dynamic_quant_tp
 from vllm_ascend.quantization.methods.base import AscendLinearScheme
 from vllm_ascend.quantization.methods.registry import register_scheme
 
@@ -59,6 +68,8 @@ DEFAULT_GROUP_SIZE = 256
 #: scale_bias columns of row-parallel layers in the 1.0.0 format (partial sums over 16
 #: chunks of K; column-parallel layers have one).
 SCALE_BIAS_CHUNKS = 16
+#: A checkpoint's scale_bias must match the weights' within this share of 8 * sum_k |w s|.
+SCALE_BIAS_RTOL = 1e-2
 
 
 def w4a8_format(description: dict[str, Any], prefix: str) -> tuple[int, bool]:
@@ -98,7 +109,11 @@ def two_level_scale(scale: torch.Tensor, second: torch.Tensor | None) -> torch.T
 
 @register_scheme("W4A8_DYNAMIC", "linear")
 class W4A8DynamicLinear(AscendLinearScheme):
-    """Per-group int4 weights with two-level scales; legacy and 1.0.0 packed layouts."""
+    """Per-group int4 weights with two-level scales (legacy and 1.0.0 packed layouts) x int8
+    per-token dynamic activations."""
+
+    #: (rank, size) of the tensor-parallel group when the layer is row-parallel, else (0, 1).
+    row_tp = (0, 1)
 
     def __init__(self, quant_description: dict[str, Any], prefix: str) -> None:
         super().__init__(quant_description, prefix)
@@ -148,16 +163,17 @@ class W4A8DynamicLinear(AscendLinearScheme):
         return None
 
     def process_weights_after_loading(self, layer) -> None:
-        """Validate, then convert either layout to ``weight`` int32 (K, N/8) and
-        ``weight_scale`` (K/G, N) in the model dtype; offsets/second scales are dropped."""
+        """Validate, then convert either layout to ``weight`` int32 (K, N/8), ``weight_scale``
+        fp32 (K/G, N) and ``scale_bias`` fp32 (N,); offsets / second scales are dropped."""
         k, n, groups = self.k, self.n, self.groups
 
         def tensor(name, shape, dtype=None):
             return chk.loaded(layer, name, shape, self, dtype)
 
+        self.row_tp = _row_parallel_tp(layer)
         if self.packed:
             values = unpack_int4_pairs(tensor("weight", (n // 2, k), torch.int8), dim=0)
-            chk.finite(tensor("scale_bias", (n, self.bias_cols)), "scale_bias", self)
+            supplied = chk.finite(tensor("scale_bias", (n, self.bias_cols)), "scale_bias", self)
         else:
             values = chk.int_range(tensor("weight", (n, k), torch.int8), -8, 7, "weight", self)
         scale = chk.finite_nonzero(tensor("weight_scale", (n, 1)), "weight_scale", self)
@@ -169,22 +185,50 @@ class W4A8DynamicLinear(AscendLinearScheme):
             chk.all_zero(tensor("weight_offset_second", (n, groups)), "weight_offset_second",
                          self)
         group_scale = two_level_scale(scale, second).t().contiguous()  # (G, N) fp32
-        chk.replace_param(layer, "weight", kernel_int4(values.t()))
-        chk.replace_param(layer, "weight_scale", group_scale.to(self.params_dtype))
-        chk.drop_params(layer, "weight_offset", "weight_scale_second", "weight_offset_second",
-                        "scale_bias")
+        kn = values.t()  # (K, N)
+        scale_bias = msd_bias(kn, group_scale)
+        if self.packed:
+            self._check_scale_bias(supplied, scale_bias, msd_bias(kn.abs(), group_scale.abs()))
+        chk.replace_param(layer, "weight", kernel_int4(kn))
+        chk.replace_param(layer, "weight_scale", group_scale)
+        chk.replace_param(layer, "scale_bias", scale_bias)
+        chk.drop_params(layer, "weight_offset", "weight_scale_second", "weight_offset_second")
+
+    def _check_scale_bias(self, supplied: torch.Tensor, bias: torch.Tensor,
+                          magnitude: torch.Tensor) -> None:
+        """The checkpoint's scale_bias (this rank's share of a row-parallel layer's 16 partial
+        sums) must match ``bias`` (N,) computed from the weights."""
+        rank, size = self.row_tp
+        if self.bias_cols > 1:
+            if self.bias_cols % size:
+                raise self.tensor_error("scale_bias", f"holds {self.bias_cols} partial sums, "
+                                        f"which cannot be split over tensor-parallel size {size}")
+            per = self.bias_cols // size
+            supplied = supplied[:, rank * per:(rank + 1) * per]
+        total = supplied.float().sum(dim=1)
+        bad = (total - bias).abs() > SCALE_BIAS_RTOL * magnitude + 1e-6
+        if bool(bad.any()):
+            c = int(bad.nonzero()[0, 0])
+            raise self.tensor_error("scale_bias", f"holds {total[c].item():.6g} at channel {c}, "
+                                    f"but 8 * sum_k w * scale from the weights is "
+                                    f"{bias[c].item():.6g}")
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x (..., K) -> (..., N)`` in x's dtype."""
-        scale = layer.weight_scale
-        if scale.dtype != x.dtype:
-            scale = scale.to(x.dtype)
-        y = ops.npu_weight_quant_batchmatmul(
-            x.reshape(-1, self.k), layer.weight, scale,
-            antiquant_group_size=self.group_size if self.groups > 1 else 0)
+        xq, xs = dynamic_quant_tp(x.reshape(-1, self.k), self.row_tp[1])
+        y = ops.npu_grouped_matmul([xq], [layer.weight], scale=[layer.weight_scale],
+                                   bias=[layer.scale_bias], per_token_scale=[xs],
+                                   output_dtype=x.dtype)[0]
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.n)
+
+
+def _row_parallel_tp(layer: torch.nn.Module) -> tuple[int, int]:
+    """(rank, size) of the TP group of a row-parallel layer (input sharded), else (0, 1)."""
+    if not _is_row_parallel(layer):
+        return 0, 1
+    return int(getattr(layer, "tp_rank", 0)), int(getattr(layer, "tp_size", 1))
 
 
 def _is_row_parallel(layer: torch.nn.Module) -> bool:
