@@ -35,9 +35,8 @@ weights / input_activations                                  scheme
 needs lives in :mod:`.compressed_tensors_layouts` (every type above has an adapter; a mapped
 type without one would raise :class:`UnsupportedSchemeError`). W4A8_DYNAMIC's one-level
 group/channel scale loads exactly as ModelSlim's two levels with a per-channel level of 1,
-and runs the plugin's W4A8_DYNAMIC linear scheme, which like vllm-ascend keeps activations
-in the model dtype (weight-only quantised matmul) rather than applying the config's int8
-token-dynamic activation quantisation. MoE experts and KV-cache schemes from
+and runs the plugin's W4A8_DYNAMIC linear scheme, whose int8 per-token activations are the
+config's token-dynamic activation quantisation. MoE experts and KV-cache schemes from
 compressed-tensors are not supported yet (clear errors, never silent).
 """
 

@@ -34,9 +34,8 @@ per field, lowest field first; ``unpack_from_int32`` returns the signed values.
 W4A8_DYNAMIC is exact: llm-compressor's one-level scale ``W[n, k] = w[n, k] * s[n, k // G]``
 becomes ModelSlim's two levels with the per-channel level 1 (``s_c * s_g = 1 * s = s`` in
 fp32, bit for bit), so the scheme's processed ``weight_scale`` (K/G, N) is the checkpoint's
-scale transposed and cast to the model dtype, and the int4 values are not re-rounded. The
-scheme computes like vllm-ascend's W4A8_DYNAMIC linear: the weight-only quantised matmul on
-model-dtype activations (the config's int8 token-dynamic activations are not applied; see
+scale transposed (fp32), and the int4 values are not re-rounded. The scheme quantises
+activations per token to int8, as the config's token-dynamic activations say (see
 :mod:`~vllm_ascend.quantization.methods.w4a8_dynamic`).
 """
 
