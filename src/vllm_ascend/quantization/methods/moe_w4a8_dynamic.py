@@ -60,12 +60,10 @@ from vllm_ascend.quantization.methods.registry import register_scheme
 from vllm_ascend.quantization.methods.w4a8_dynamic import (
     SCALE_BIAS_CHUNKS,
     check_group,
+    check_scale_bias,
     two_level_scale,
     w4a8_format,
 )
-
-#: The quantizer's scale_bias must match ours within this share of ``8 * sum_k |w s|``.
-SCALE_BIAS_RTOL = 1e-2
 
 
 @register_scheme("W4A8_DYNAMIC", "moe")
@@ -136,30 +134,12 @@ class W4A8DynamicMoE(AscendMoEScheme):
         kernel_scale = decode_scale(words)
         bias = msd_bias(values, kernel_scale)
         if self.packed:
-            self._check_scale_bias(layer, stem, bias, msd_bias(values.abs(), kernel_scale.abs()))
+            name, cols = f"{stem}_scale_bias", 1 if stem == "w13" else SCALE_BIAS_CHUNKS
+            supplied = chk.finite(chk.loaded(layer, name, (e, out, cols), self), name, self)
+            # w2's 16 partial sums over chunks of I: this rank owns 16 / tp of them
+            check_scale_bias(self, name, supplied, bias, msd_bias(values.abs(),
+                             kernel_scale.abs()), moe.moe_tp(layer) if cols > 1 else (0, 1))
         return values, words, bias
-
-    def _check_scale_bias(self, layer, stem: str, bias: torch.Tensor,
-                          magnitude: torch.Tensor) -> None:
-        """The quantizer's scale_bias (this rank's share) must match ``bias`` (E, out)."""
-        name = f"{stem}_scale_bias"
-        e, out = bias.shape
-        cols = 1 if stem == "w13" else SCALE_BIAS_CHUNKS
-        supplied = chk.finite(chk.loaded(layer, name, (e, out, cols), self), name, self).float()
-        if stem == "w2":  # partial sums over 16 chunks of I; this rank owns 16/tp of them
-            rank, size = moe.moe_tp(layer)
-            if SCALE_BIAS_CHUNKS % size:
-                raise self.tensor_error(name, f"holds {SCALE_BIAS_CHUNKS} partial sums, which "
-                                        f"cannot be split over tensor-parallel size {size}")
-            per = SCALE_BIAS_CHUNKS // size
-            supplied = supplied[..., rank * per:(rank + 1) * per]
-        total = supplied.sum(dim=-1)
-        bad = (total - bias).abs() > SCALE_BIAS_RTOL * magnitude + 1e-6
-        if bool(bad.any()):
-            idx = tuple(int(v) for v in bad.nonzero()[0])
-            raise self.tensor_error(name, f"holds {total[idx].item():.6g} at (expert, channel) "
-                                    f"{idx}, but 8 * sum_k w * scale from the weights is "
-                                    f"{bias[idx].item():.6g}")
 
     def apply_experts(self, layer, x: torch.Tensor, group_list: torch.Tensor,
                       dynamic_scale: torch.Tensor | None = None) -> torch.Tensor:

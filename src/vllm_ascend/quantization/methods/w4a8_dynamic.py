@@ -107,6 +107,30 @@ def two_level_scale(scale: torch.Tensor, second: torch.Tensor | None) -> torch.T
     return scale if second is None else scale * second.float()
 
 
+def check_scale_bias(scheme, name: str, supplied: torch.Tensor, bias: torch.Tensor,
+                     magnitude: torch.Tensor, tp: tuple[int, int]) -> None:
+    """A 1.0.0 checkpoint's ``scale_bias`` ``(..., out, cols)`` must match ``bias``
+    ``(..., out)`` computed from the weights within SCALE_BIAS_RTOL of ``magnitude``
+    (``8 * sum_k |w s|``). ``cols > 1`` columns are partial sums over chunks of K, split over
+    the tensor-parallel group ``tp = (rank, size)``: this rank checks its share."""
+    cols = supplied.shape[-1]
+    rank, size = tp
+    if cols > 1:
+        if cols % size:
+            raise scheme.tensor_error(name, f"holds {cols} partial sums, which cannot be split "
+                                      f"over tensor-parallel size {size}")
+        per = cols // size
+        supplied = supplied[..., rank * per:(rank + 1) * per]
+    total = supplied.float().sum(dim=-1)
+    bad = (total - bias).abs() > SCALE_BIAS_RTOL * magnitude + 1e-6
+    if bool(bad.any()):
+        idx = tuple(int(v) for v in bad.nonzero()[0])
+        where = f"channel {idx[0]}" if len(idx) == 1 else f"(expert, channel) {idx}"
+        raise scheme.tensor_error(name, f"holds {total[idx].item():.6g} at {where}, but "
+                                  f"8 * sum_k w * scale from the weights is "
+                                  f"{bias[idx].item():.6g}")
+
+
 @register_scheme("W4A8_DYNAMIC", "linear")
 class W4A8DynamicLinear(AscendLinearScheme):
     """Per-group int4 weights with two-level scales (legacy and 1.0.0 packed layouts) x int8
@@ -188,30 +212,12 @@ class W4A8DynamicLinear(AscendLinearScheme):
         kn = values.t()  # (K, N)
         scale_bias = msd_bias(kn, group_scale)
         if self.packed:
-            self._check_scale_bias(supplied, scale_bias, msd_bias(kn.abs(), group_scale.abs()))
+            check_scale_bias(self, "scale_bias", supplied, scale_bias,
+                             msd_bias(kn.abs(), group_scale.abs()), self.row_tp)
         chk.replace_param(layer, "weight", kernel_int4(kn))
         chk.replace_param(layer, "weight_scale", group_scale)
         chk.replace_param(layer, "scale_bias", scale_bias)
         chk.drop_params(layer, "weight_offset", "weight_scale_second", "weight_offset_second")
-
-    def _check_scale_bias(self, supplied: torch.Tensor, bias: torch.Tensor,
-                          magnitude: torch.Tensor) -> None:
-        """The checkpoint's scale_bias (this rank's share of a row-parallel layer's 16 partial
-        sums) must match ``bias`` (N,) computed from the weights."""
-        rank, size = self.row_tp
-        if self.bias_cols > 1:
-            if self.bias_cols % size:
-                raise self.tensor_error("scale_bias", f"holds {self.bias_cols} partial sums, "
-                                        f"which cannot be split over tensor-parallel size {size}")
-            per = self.bias_cols // size
-            supplied = supplied[:, rank * per:(rank + 1) * per]
-        total = supplied.float().sum(dim=1)
-        bad = (total - bias).abs() > SCALE_BIAS_RTOL * magnitude + 1e-6
-        if bool(bad.any()):
-            c = int(bad.nonzero()[0, 0])
-            raise self.tensor_error("scale_bias", f"holds {total[c].item():.6g} at channel {c}, "
-                                    f"but 8 * sum_k w * scale from the weights is "
-                                    f"{bias[c].item():.6g}")
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x (..., K) -> (..., N)`` in x's dtype."""
