@@ -15,7 +15,6 @@ from vllm_ascend.ops.fused_moe.comm import (
 from vllm_ascend.ops.fused_moe.comm.all2allv import All2AllVCommMethod
 from vllm_ascend.ops.fused_moe.comm.allgather import AllGatherCommMethod
 from vllm_ascend.ops.fused_moe.comm.mc2 import MC2CommMethod
-from vllm_ascend.ops.fused_moe.comm.registry import Registry
 
 
 def test_builtin_methods_registered_by_name():
@@ -36,20 +35,6 @@ def test_duplicate_name_raises_and_keeps_the_first():
             pass
     assert get_comm_method("allgather") is AllGatherCommMethod
     assert comm_method_names() == ["all2allv", "allgather", "mc2"]
-
-
-def test_fresh_registry_register_get_duplicate():
-    reg = Registry("widget")
-
-    @reg.register("a")
-    class A:
-        pass
-
-    assert reg.get("a") is A and A.name == "a" and reg.names() == ["a"]
-    with pytest.raises(ValueError, match="widget 'a' is already registered"):
-        reg.register("a")(type("B", (), {}))
-    with pytest.raises(ValueError, match="non-empty string"):
-        reg.register("")
 
 
 def test_unknown_name_lists_registered_names():

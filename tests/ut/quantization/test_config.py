@@ -176,7 +176,7 @@ def test_quantized_experts_use_the_scheme_decided_per_call():
 def test_unregistered_expert_type_is_named(monkeypatch):
     from vllm_ascend.quantization.methods import registry
 
-    monkeypatch.setitem(registry._SCHEMES, ("LINEAR_ONLY", "linear"), object)
+    monkeypatch.setitem(registry.SCHEMES._entries, ("LINEAR_ONLY", "linear"), object)
     with pytest.raises(UnsupportedSchemeError, match="no moe scheme .*'LINEAR_ONLY'"):
         moe_layer("LINEAR_ONLY")
 

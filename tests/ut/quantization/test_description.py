@@ -76,7 +76,7 @@ def test_listing_is_dynamic(monkeypatch):
     class Late:
         pass
 
-    monkeypatch.setitem(registry._SCHEMES, ("W2A2_LATE", "linear"), Late)
+    monkeypatch.setitem(registry.SCHEMES._entries, ("W2A2_LATE", "linear"), Late)
     assert parse_description(desc(**{"a.weight": "W2A2_LATE"}), SRC).weight_type("a") == \
         "W2A2_LATE"
     with pytest.raises(UnsupportedSchemeError, match="W2A2_LATE/linear"):

@@ -6,51 +6,17 @@ registered with ``@register_comm_method("name")``; :func:`get_comm_method` looks
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
-T = TypeVar("T", bound=type)
+from vllm_ascend.registry import Registry
 
 #: The MC2 kernel's per-rank batch limit on A2 (torch_npu_ops.md, "MC2": BS <= 256).
 MC2_MAX_TOKENS_PER_RANK = 256
 
 
-class Registry:
-    """Name -> class; a name can be registered once."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._classes: dict[str, type] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Class decorator: register under ``name`` and set ``cls.name``."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.what} name must be a non-empty string, got {name!r}")
-
-        def decorate(cls: T) -> T:
-            if name in self._classes:
-                raise ValueError(
-                    f"{self.what} {name!r} is already registered "
-                    f"({self._classes[name].__qualname__}); cannot register {cls.__qualname__}"
-                )
-            cls.name = name
-            self._classes[name] = cls
-            return cls
-
-        return decorate
-
-    def get(self, name: str) -> type:
-        try:
-            return self._classes[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown {self.what} {name!r}; registered: {', '.join(self.names())}"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._classes)
+def _set_name(name: str, cls: type) -> None:
+    cls.name = name
 
 
-COMM_METHODS = Registry("MoE communication method")
+COMM_METHODS: Registry[type] = Registry("MoE communication method", on_register=_set_name)
 register_comm_method = COMM_METHODS.register
 get_comm_method = COMM_METHODS.get
 comm_method_names = COMM_METHODS.names
