@@ -4,10 +4,10 @@
 .PHONY: setup serve test test-all bench
 setup:
 	ci/setup.sh
-serve:
-	ci/serve.sh
-test:
-	ci/test.sh
+serve:  # extra vllm serve flags: make serve ARGS='--max-num-seqs 16'
+	ci/serve.sh $(ARGS)
+test:  # extra pytest arguments: make test ARGS='-k rms'
+	ci/test.sh $(ARGS)
 test-all:  # includes tests marked slow
 	ci/test.sh -m ""
 bench:

@@ -11,7 +11,8 @@ def register_all() -> None:
     """
     from vllm_ascend.platform.selection import resolve_platform
 
-    if resolve_platform() is None:
+    platform = resolve_platform()
+    if platform is None:
         return
     from vllm_ascend.device import ops
     from vllm_ascend.ops.registry import register_ops
@@ -20,3 +21,10 @@ def register_all() -> None:
     ops.bind()
     register_ops()
     register_quantization()
+    # vLLM runs general plugins in every process it starts (API server, engine core,
+    # workers); the platform's check_and_update_config only in the one that builds the
+    # config. Logging here makes the startup line true for every process.
+    from vllm_ascend.platform.common import log_startup
+    from vllm_ascend.platform.selection import NPU_PLATFORM
+
+    log_startup(platform.rsplit(".", 1)[-1], "npu" if platform == NPU_PLATFORM else "cpu-hosted")

@@ -101,7 +101,7 @@ def runs(tiny, tmp_path_factory):
         if key not in done:
             out = root / f"{arch}-{name}.json"
             # The compile cache key ignores the platform plugin: one cache per run.
-            env.setdefault("VLLM_CACHE_ROOT", str(root / f"cache-{arch}-{name}"))
+            env["VLLM_CACHE_ROOT"] = str(root / f"cache-{arch}-{name}")
             cmd = [PYTHON, "-m", "tests.e2e.moe_generate", "--model", str(tiny(arch)),
                    "--out", str(out), "--max-tokens", str(MAX_TOKENS), *flags]
             proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**env), capture_output=True,

@@ -8,6 +8,7 @@ normal 4xx answers while the server stays up.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,12 +34,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
+    env = vllm_env(PORT=str(port))
+    # Serve with the script's own KV-cache default, as a user does (vllm_env sizes it for
+    # the other e2e tests).
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "serve"],
         cwd=REPO,
-        env=vllm_env(PORT=str(port)),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # so the whole process tree can be stopped
@@ -68,11 +73,26 @@ def server(tmp_path_factory):
         log.close()
 
 
-def test_plugin_is_active_in_server(server):
+def test_plugin_is_active_in_every_server_process(server):
+    """The README's promise: each vLLM process (API server, engine core, worker) logs it."""
     _, log_path = server
     text = log_path.read_text()
-    assert "vllm-ascend 0.1.0 active: platform=AscendCPUPlatform (cpu-hosted)" in text, text[-3000:]
-    assert "device backend=reference" in text
+    line = ("vllm-ascend 0.1.0 active: platform=AscendCPUPlatform (cpu-hosted), "
+            "device backend=reference")
+    processes = re.findall(r"^\((\w+?)(?:_DP\d+)?(?:-\d+)? pid=(\d+)\).*" + re.escape(line),
+                           text, flags=re.M)
+    kinds = {kind for kind, _ in processes}
+    # The front end logs before vLLM names it "APIServer".
+    front, workers = {"APIServer", "MainProcess"}, {"Worker", "VllmWorker"}
+    assert kinds & front and "EngineCore" in kinds and kinds & workers, (processes, text[-3000:])
+    assert len(kinds) == 3, processes
+    assert len(processes) == len(set(processes)), "logged more than once in a process"
+
+
+def test_serve_sizes_the_kv_cache_itself(server):
+    """ci/serve.sh's default (2 GiB) replaces vLLM's 92%-of-node-0 claim."""
+    _, log_path = server
+    assert "Explicitly set (2.0/" in log_path.read_text()
 
 
 def test_completions(server):

@@ -29,7 +29,7 @@ def _generate(model, tmp_path, name: str, eager: bool, **env) -> dict:
     out = tmp_path / f"{name}.json"
     # vLLM's compile-cache key does not cover the platform plugin: give each backend its
     # own cache so vanilla can never replay a graph compiled with the plugin's layers.
-    env.setdefault("VLLM_CACHE_ROOT", str(tmp_path / f"vllm-cache-{name}"))
+    env["VLLM_CACHE_ROOT"] = str(tmp_path / f"vllm-cache-{name}")
     cmd = [PYTHON, "-m", "tests.e2e.generate", "--model", str(model), "--out", str(out)]
     if eager:
         cmd.append("--eager")

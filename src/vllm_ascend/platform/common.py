@@ -14,9 +14,22 @@ ADDITIONAL_CONFIG_KEYS: dict[str, str] = {
 }
 
 
-@functools.cache
 def log_startup(platform: str, kind: str) -> None:
-    """One line per process naming the platform and the device backend."""
+    """One line per process naming the platform and the device backend.
+
+    Called from the platform's ``log_warnings`` (vLLM calls it in every process right after
+    it configures logging), and from the general plugin and ``check_and_update_config`` as
+    a backstop. vLLM configures logging lazily, so a call made before that would be dropped:
+    the line counts as logged only once INFO records are really emitted.
+    """
+    import logging
+
+    if logger.isEnabledFor(logging.INFO) and logging.getLogger("vllm").handlers:
+        _log_startup_once(platform, kind)
+
+
+@functools.cache
+def _log_startup_once(platform: str, kind: str) -> None:
     from vllm_ascend import __version__
     from vllm_ascend.device import backend_name
 

@@ -6,18 +6,21 @@ Its enum stays ``PlatformEnum.CPU`` (vLLM's CPU worker and model runner check
 
 from __future__ import annotations
 
-
-
 from vllm.platforms.cpu import CpuPlatform
 
 from vllm_ascend.platform.common import log_startup, validate_additional_config
-
 
 
 class AscendCPUPlatform(CpuPlatform):
     """vLLM's CpuPlatform + the Ascend plugin's ops (reference backend) and communicator."""
 
     device_backend = "reference"
+
+    @classmethod
+    def log_warnings(cls) -> None:
+        """vLLM calls this in every process once logging is configured: the startup line."""
+        super().log_warnings()
+        log_startup(cls.__name__, "cpu-hosted")
 
     @classmethod
     def check_and_update_config(cls, vllm_config) -> None:

@@ -143,6 +143,12 @@ class NPUPlatform(Platform):
                     choices.append("ascend")
 
     @classmethod
+    def log_warnings(cls) -> None:
+        """vLLM calls this in every process once logging is configured: the startup line."""
+        super().log_warnings()
+        log_startup(cls.__name__, "npu")
+
+    @classmethod
     def check_and_update_config(cls, vllm_config) -> None:
         validate_additional_config(vllm_config)
         from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
