@@ -1,0 +1,185 @@
+"""``incremental`` (the default): rebalance by moving as few slots as the balance needs.
+
+Starting from the placement in force (``current``; without one it is ``deepseek``):
+
+1. Replica counts are re-decided from the loads: replicas move from expert to expert,
+   starting from the current counts, until the greedy optimum of ``deepseek`` holds (up
+   to a ``hysteresis``, so noisy loads do not make counts flap).
+2. Every slot whose expert keeps its replica stays where it is. An expert that loses
+   replicas gives up those on the most loaded ranks; the freed slots go to the experts
+   that gain replicas, heaviest per-replica load first, each onto the least-loaded rank
+   with a freed slot that does not already hold the expert.
+3. Swap search: repeatedly take the most loaded rank and swap one of its slots with a slot
+   on one of the ``partners`` least-loaded ranks, the swap that leaves the pair's maximum
+   lowest, while that lowers the most loaded rank by more than ``min_gain`` x the mean rank
+   load and at most ``max_moves`` x ``S`` slots of the layer differ from ``current``.
+
+Every step is vectorised over layers. Cost: O(C * L * E) for ``C`` count changes, O(F * L * W) to
+place ``F`` freed slots, O(I * L * k * partners * k) for ``I`` swap rounds (``k = S / W``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vllm_ascend.eplb.policies import register_policy
+from vllm_ascend.eplb.policies._common import (
+    BLOCKED, adjust_counts, check_inputs, counts_of, repair_duplicates)
+from vllm_ascend.eplb.policies.deepseek import deepseek
+
+
+@register_policy("incremental")
+def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
+                max_moves: float = 0.25, min_gain: float = 0.002, partners: int = 4,
+                hysteresis: float = 0.02) -> np.ndarray:
+    """Rebalance ``current`` for ``loads`` moving few slots (module docstring).
+
+    Args:
+        loads: ``(L, E)`` float, tokens per logical expert.
+        num_ranks: ``W``.
+        num_slots: ``S`` (``S % W == 0``, ``E <= S``, ``S / W <= E``).
+        current: ``(L, S)`` int64 placement in force, or None (-> ``deepseek``).
+        max_moves: at most this fraction of a layer's slots move in the swap search (the
+            re-decided replica counts may move more).
+        min_gain: a swap must lower the peak rank load by this fraction of the mean.
+        partners: how many of the least-loaded ranks the peak rank may swap with.
+        hysteresis: a replica changes expert only when the gainer's share beats the
+            loser's by this fraction (counts stop flapping with noisy loads).
+
+    Returns:
+        ``(L, S)`` int64 placement, slot -> logical expert.
+    """
+    loads, current = check_inputs(loads, num_ranks, num_slots, current)
+    if current is None:
+        return deepseek(loads, num_ranks, num_slots)
+    if not 0 <= max_moves <= 1 or min_gain < 0 or partners < 1 or hysteresis < 0:
+        raise ValueError(f"max_moves must be in [0, 1], min_gain >= 0, partners >= 1, "
+                         f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
+                         f"{hysteresis}")
+    num_experts = loads.shape[1]
+    target = adjust_counts(loads, counts_of(current, num_experts), num_ranks, hysteresis)
+    placement, slot_w = _reassign(loads, current, target, num_ranks)
+    repair_duplicates(placement, slot_w, num_ranks)
+    _swap_search(placement, slot_w, current, num_ranks, cap=int(max_moves * num_slots),
+                 min_gain=min_gain, partners=partners)
+    return placement
+
+
+def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
+              num_ranks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-2: keep slots, give freed ones to the experts that gain replicas.
+
+    ``loads (L, E)``, ``current (L, S)``, ``target (L, E)`` counts -> ``placement (L, S)``
+    and ``slot_w (L, S)`` (each slot's ``loads / target`` share). Only the few slots whose
+    expert changes its count are touched.
+    """
+    num_layers, num_slots = current.shape
+    num_experts = loads.shape[1]
+    k = num_slots // num_ranks
+    rank_of = np.arange(num_slots) // k
+    have = counts_of(current, num_experts)
+    per_replica = loads / target
+    surplus = have - target                       # > 0: loses replicas, < 0: gains
+    placement = current.copy()
+    slot_w = np.take_along_axis(per_replica, current, axis=1)
+    cl, cs = np.nonzero(np.take_along_axis(surplus, current, axis=1) > 0)
+    if cl.size == 0:
+        return placement, slot_w
+
+    # Losers give up the replicas on their most loaded ranks (loads as they are now).
+    now_rank = np.take_along_axis(loads / have, current, axis=1) \
+        .reshape(num_layers, num_ranks, k).sum(axis=2)
+    ce = current[cl, cs]
+    order = np.lexsort((-now_rank[cl, rank_of[cs]], ce, cl))
+    cl, cs, ce = cl[order], cs[order], ce[order]
+    group = cl * num_experts + ce
+    first = np.r_[0, np.nonzero(np.diff(group))[0] + 1]
+    occurrence = np.arange(group.size) - np.repeat(first, np.diff(np.r_[first, group.size]))
+    freed = occurrence < surplus[cl, ce]
+    fl, fs = cl[freed], cs[freed]
+    placement[fl, fs] = -1
+    slot_w[fl, fs] = 0.0
+    n_free = np.bincount(fl, minlength=num_layers)
+
+    # Gainers' new replicas, per layer heaviest share first (ties: lower id): (L, max F).
+    gl, ge = np.nonzero(surplus < 0)
+    order = np.lexsort((-per_replica[gl, ge], gl))
+    gl, ge = gl[order], ge[order]
+    reps = -surplus[gl, ge]
+    il, ie = np.repeat(gl, reps), np.repeat(ge, reps)
+    offsets = np.cumsum(n_free) - n_free
+    item_e = np.full((num_layers, int(n_free.max())), -1, dtype=np.int64)
+    item_e[il, np.arange(il.size) - offsets[il]] = ie
+
+    p3 = placement.reshape(num_layers, num_ranks, k)
+    room = np.bincount(fl * num_ranks + rank_of[fs], minlength=num_layers * num_ranks) \
+        .reshape(num_layers, num_ranks)
+    key = np.where(room > 0, slot_w.reshape(num_layers, num_ranks, k).sum(axis=2), np.inf)
+    for j in range(item_e.shape[1]):
+        a = np.nonzero(n_free > j)[0]
+        e = item_e[a, j]
+        w = per_replica[a, e]
+        blocked = (p3[a] == e[:, None, None]).any(axis=2)
+        rank = (key[a] + BLOCKED * blocked).argmin(axis=1)
+        pos = (p3[a, rank] == -1).argmax(axis=1)
+        p3[a, rank, pos] = e
+        slot_w[a, rank * k + pos] = w
+        left = room[a, rank] - 1
+        room[a, rank] = left
+        key[a, rank] = np.where(left == 0, np.inf, key[a, rank] + w)
+    return placement, slot_w
+
+
+def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
+                 num_ranks: int, *, cap: int, min_gain: float, partners: int) -> None:
+    """Step 3, in place on ``placement`` / ``slot_w`` (both ``(L, S)``).
+
+    One swap per active layer per round; a layer stops when no swap gains enough or its
+    moved-slot budget ``cap`` is spent.
+    """
+    num_layers, num_slots = placement.shape
+    k = num_slots // num_ranks
+    m = min(partners, num_ranks - 1)
+    if m < 1 or cap < 2:
+        return
+    p3 = placement.reshape(num_layers, num_ranks, k)
+    w3 = slot_w.reshape(num_layers, num_ranks, k)
+    c3 = current.reshape(num_layers, num_ranks, k)
+    rank_load = w3.sum(axis=2)
+    tol = min_gain * rank_load.mean(axis=1)
+    moved = (placement != current).sum(axis=1)
+    active = np.nonzero(moved <= cap - 2)[0]
+    for _ in range(cap):
+        if active.size == 0:
+            break
+        a = active
+        n = a.size
+        rl = rank_load[a]
+        top = rl.argmax(axis=1)
+        peak = rl[np.arange(n), top]
+        light = np.argpartition(rl, m - 1, axis=1)[:, :m]                 # (n, m)
+        ea, wa = p3[a, top], w3[a, top]                                   # (n, k)
+        eb, wb = p3[a[:, None], light], w3[a[:, None], light]             # (n, m, k)
+        lq = np.take_along_axis(rl, light, axis=1)                        # (n, m)
+        d = wa[:, :, None, None] - wb[:, None, :, :]                      # (n, k, m, k)
+        hi = np.maximum(peak[:, None, None, None] - d, lq[:, None, :, None] + d)
+        b_has_a = (ea[:, :, None, None] == eb[:, None, :, :]).any(axis=3)  # (n, k, m)
+        a_has_b = (eb[:, :, :, None] == ea[:, None, None, :]).any(axis=3)  # (n, m, k)
+        bad = (d <= 0) | b_has_a[:, :, :, None] | a_has_b[:, None, :, :]
+        flat = np.where(bad, np.inf, hi).reshape(n, -1)
+        best = flat.argmin(axis=1)
+        ok = peak - flat[np.arange(n), best] > tol[a]
+        if not ok.any():
+            break
+        b, best = a[ok], best[ok]
+        i, q, j = best // (m * k), (best // k) % m, best % k
+        r1, r2 = top[ok], light[ok, q]
+        e1, e2 = p3[b, r1, i], p3[b, r2, j]
+        w1, w2 = w3[b, r1, i], w3[b, r2, j]
+        p3[b, r1, i], p3[b, r2, j] = e2, e1
+        w3[b, r1, i], w3[b, r2, j] = w2, w1
+        rank_load[b, r1] += w2 - w1
+        rank_load[b, r2] += w1 - w2
+        moved[b] += ((e2 != c3[b, r1, i]).astype(np.int64) - (e1 != c3[b, r1, i])
+                     + (e1 != c3[b, r2, j]) - (e2 != c3[b, r2, j]))
+        active = b[moved[b] <= cap - 2]
