@@ -2,7 +2,7 @@
 which MoE classes ran.
 
     python -m tests.e2e.moe_generate --model DIR --out FILE.json [--eager] [--max-tokens 16]
-        [--tp 2] [--ep] [--dp 2] [--additional-config JSON]
+        [--tp 2] [--ep] [--dp 2] [--additional-config JSON] [--rounds N] [--kill-planner]
 
 TP and EP are vLLM's own flags (``tensor_parallel_size``, ``enable_expert_parallel``). DP
 follows vLLM's offline data-parallel recipe: ``--dp N`` starts N copies of this script, one
@@ -51,6 +51,18 @@ def _probe(model) -> dict:
     return {"layers": layer_classes(model), "moe": moe, "comm_methods": comms}
 
 
+def eplb_stats(worker) -> dict | None:
+    """Runs in each worker (``collective_rpc``): its EPLB runtime's state, or None if off."""
+    rt = getattr(worker, "eplb", None)
+    if rt is None:
+        return None
+    return {"enabled": rt.enabled, "step": rt.step, "rebalances": rt.rebalances,
+            "committed": rt.mover.committed, "rejected": rt.mover.rejected,
+            "restarts": rt._restarts, "planner_pid": rt.planner_pid, "ep_rank": rt.ep_rank,
+            "placements": rt.placements().tolist(), "balancedness": rt.balancedness,
+            "layers": [s.layer_index for s in rt.layers]}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,6 +83,7 @@ def _run_dp(args) -> int:
                "--out", str(out), "--max-tokens", str(args.max_tokens), "--tp", str(args.tp),
                "--dp-rank", str(rank), "--dp-size", str(args.dp)]
         cmd += ["--eager"] * args.eager + ["--ep"] * args.ep
+        cmd += ["--rounds", str(args.rounds)] + ["--kill-planner"] * args.kill_planner
         if args.additional_config:
             cmd += ["--additional-config", args.additional_config]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -82,6 +95,9 @@ def _run_dp(args) -> int:
     merged = dict(parts[0])
     by_prompt = {r["prompt"]: r for part in parts for r in part["results"]}
     merged["results"] = [by_prompt[p] for p in PROMPTS]
+    merged["eplb"] = [w for part in parts for w in part.get("eplb") or []]
+    merged["rounds"] = [[{r["prompt"]: r for part in parts for r in part["rounds"][i]}[p]
+                         for p in PROMPTS] for i in range(len(parts[0]["rounds"]))]
     Path(args.out).write_text(json.dumps(merged))
     return 0
 
@@ -98,6 +114,10 @@ def main() -> int:
     parser.add_argument("--dp-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dp-size", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--additional-config", default=None, help="JSON for additional_config")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="generate the prompts this many times (results: the last)")
+    parser.add_argument("--kill-planner", action="store_true",
+                        help="SIGKILL the EPLB planner process after the first round")
     args = parser.parse_args()
     if args.dp > 1:
         return _run_dp(args)
@@ -118,13 +138,26 @@ def main() -> int:
         enable_expert_parallel=args.ep,
         additional_config=json.loads(args.additional_config) if args.additional_config else {},
     )
-    results = greedy_results(llm, prompts, args.max_tokens)
     # Run as __main__, pickle would name this module "__main__", which the workers lack.
     from tests.e2e.moe_generate import _probe as probe
+    from tests.e2e.moe_generate import eplb_stats
+
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append(greedy_results(llm, prompts, args.max_tokens))
+        if i == 0 and args.kill_planner:
+            import signal
+
+            for stats in llm.collective_rpc(eplb_stats):
+                if stats and stats["planner_pid"]:
+                    os.kill(stats["planner_pid"], signal.SIGKILL)
+                    print(f"killed EPLB planner pid {stats['planner_pid']}", file=sys.stderr)
+    results = rounds[-1]
 
     platform = type(current_platform)
     report = {"platform": f"{platform.__module__}.{platform.__qualname__}",
-              **llm.apply_model(probe)[0], "results": results}
+              **llm.apply_model(probe)[0], "results": results, "rounds": rounds,
+              "eplb": [w for w in llm.collective_rpc(eplb_stats) if w is not None]}
     Path(args.out).write_text(json.dumps(report))
     return 0
 

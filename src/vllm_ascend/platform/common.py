@@ -11,6 +11,9 @@ from vllm_ascend.logger import logger
 ADDITIONAL_CONFIG_KEYS: dict[str, str] = {
     "moe_comm_method": "MoE communication method for every step (a registered name, e.g. "
                        "allgather, all2allv, mc2); unset: chosen per step",
+    "eplb": "dynamic expert-parallel load balancing (docs/eplb.md): enabled, policy, "
+            "num_redundant_experts, window_size, step_interval, layers_per_step, collect, "
+            "expert_map_path, record_path, log_balancedness, mode, transfer_timeout_s",
 }
 
 
@@ -56,3 +59,6 @@ def validate_additional_config(vllm_config) -> None:
         raise ValueError(
             f"additional_config['ascend'] has unknown key(s) {unknown}; accepted keys: {accepted}"
         )
+    from vllm_ascend.eplb.config import parse_eplb_config
+
+    parse_eplb_config(section.get("eplb"))  # every field checked at start-up, by name

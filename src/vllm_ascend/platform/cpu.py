@@ -30,6 +30,11 @@ class AscendCPUPlatform(CpuPlatform):
         from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
 
         maybe_enable_ascend_quantization(vllm_config)
+        from vllm_ascend.worker.cpu_worker import VLLM_CPU_WORKER_CLS, WORKER_CLS
+
+        parallel = vllm_config.parallel_config
+        if parallel.worker_cls in ("auto", VLLM_CPU_WORKER_CLS):
+            parallel.worker_cls = WORKER_CLS  # vLLM's CPU worker + the EPLB step hooks
         log_startup(cls.__name__, "cpu-hosted")
 
     @classmethod

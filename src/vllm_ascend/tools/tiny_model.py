@@ -1,7 +1,7 @@
 """Write a tiny random-weight Hugging Face checkpoint that vLLM loads and serves on CPU.
 
     python -m vllm_ascend.tools.tiny_model --arch {qwen3,qwen3_moe,deepseek_v3} --out DIR
-        [--seed 0] [--dtype float32] [--layers N] [--force]
+        [--seed 0] [--dtype float32] [--layers N] [--force] [--hot-experts N --router-bias B]
 
 prints the checkpoint directory on stdout (and nothing else; progress goes to stderr).
 
@@ -241,8 +241,43 @@ def init_tensor(name: str, shape: tuple[int, ...], seed: int, dtype: str = "floa
     return t.to(getattr(torch, dtype))
 
 
-def build_weights(arch: str, config, seed: int = 0, dtype: str = "float32") -> dict:
-    return {n: init_tensor(n, s, seed, dtype) for n, s in weight_shapes(arch, config).items()}
+def build_weights(arch: str, config, seed: int = 0, dtype: str = "float32",
+                  hot_experts: int = 0, router_bias: float = 0.0) -> dict:
+    tensors = {n: init_tensor(n, s, seed, dtype) for n, s in weight_shapes(arch, config).items()}
+    if hot_experts:
+        bias_router(arch, config, tensors, hot_experts, router_bias, seed)
+    return tensors
+
+
+def bias_router(arch: str, config, tensors: dict, hot: int, bias: float, seed: int) -> None:
+    """Make experts ``0 .. hot-1`` of every MoE layer hot (all on EP rank 0 with the linear
+    placement), so that expert placement matters (EPLB tests and benches).
+
+    DeepSeek-V3: ``bias`` is added to their ``e_score_correction_bias`` (selection only,
+    as in the real model). Qwen3-MoE has no router bias: every embedding row gets a shared
+    component ``u`` of its own size and the hot experts' gate rows ``bias * sqrt(2/H) * u``,
+    which after the norm raises their logits by about ``bias`` for every token.
+    """
+    import torch
+
+    n_experts = getattr(config, "n_routed_experts", None) or config.num_experts
+    if not 0 < hot < n_experts or not bias > 0:
+        raise ValueError(f"hot_experts must be in 1..{n_experts - 1} and router_bias > 0, "
+                         f"got {hot} and {bias}")
+    gates = [n for n in tensors if n.endswith("mlp.gate.weight")]
+    if arch == "deepseek_v3":
+        for n in gates:
+            tensors[n.replace("gate.weight", "gate.e_score_correction_bias")][:hot] += bias
+        return
+    h = config.hidden_size
+    g = torch.Generator().manual_seed(_tensor_seed(seed, "router-bias"))
+    u = torch.randn(h, generator=g)
+    u = u / u.norm()
+    emb = tensors["model.embed_tokens.weight"]
+    emb += (emb.float().norm(dim=1, keepdim=True) * u).to(emb.dtype)
+    for n in gates:
+        # after the norm a token has about sqrt(H/2) along u: the logits rise by ~bias
+        tensors[n][:hot] += (bias * (2 / h) ** 0.5 * u).to(tensors[n].dtype)
 
 
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -311,6 +346,8 @@ def generate(
     layers: int | None = None,
     force: bool = False,
     tokenizer_dir: Path | None = None,
+    hot_experts: int = 0,
+    router_bias: float = 0.0,
 ) -> Path:
     """Write the tiny ``arch`` checkpoint into ``out`` (temp dir + rename) and return ``out``."""
     from transformers import GenerationConfig
@@ -332,12 +369,14 @@ def generate(
             f"{len(shapes)} tensors, {n_params / 1e6:.1f} M params, {dtype}, seed {seed}",
             file=sys.stderr,
         )
-        tensors = build_weights(arch, config, seed, dtype)
+        tensors = build_weights(arch, config, seed, dtype, hot_experts, router_bias)
         meta = {
             "format": "pt",
             "generator": "vllm_ascend.tools.tiny_model",
             "arch": arch,
             "seed": str(seed),
+            **({"hot_experts": str(hot_experts), "router_bias": str(router_bias)}
+               if hot_experts else {}),
         }
         write_safetensors(tensors, tmp / "model.safetensors", meta)
         del tensors
@@ -413,13 +452,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="dir with tokenizer.json (default: the prepare_model SmolLM2 checkpoint)",
     )
+    parser.add_argument("--hot-experts", type=int, default=0,
+                        help="MoE: make experts 0..N-1 hot (with --router-bias)")
+    parser.add_argument("--router-bias", type=float, default=2.0,
+                        help="logit boost of the hot experts (default 2.0)")
     args = parser.parse_args(argv)
     try:
         config = build_config(args.arch, args.layers, args.dtype)  # bad arguments: no work
+        if args.hot_experts:
+            if args.arch == "qwen3":
+                raise ValueError("--hot-experts needs an MoE architecture (qwen3_moe, "
+                                 "deepseek_v3)")
+            n = getattr(config, "n_routed_experts", None) or config.num_experts
+            if not 0 < args.hot_experts < n or not args.router_bias > 0:
+                raise ValueError(f"--hot-experts must be in 1..{n - 1} and --router-bias > 0")
     except ValueError as e:
         parser.error(str(e))
     out = generate(
-        args.arch, args.out, args.seed, args.dtype, args.layers, args.force, args.tokenizer
+        args.arch, args.out, args.seed, args.dtype, args.layers, args.force, args.tokenizer,
+        args.hot_experts if args.hot_experts else 0, args.router_bias if args.hot_experts else 0.0,
     )
     print(json.dumps(summary(args.arch, config)), file=sys.stderr)
     print(out)

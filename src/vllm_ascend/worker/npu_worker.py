@@ -43,6 +43,7 @@ from vllm.v1.worker.utils import request_memory
 from vllm_ascend.device import device as npu
 from vllm_ascend.logger import logger
 from vllm_ascend.platform.npu import NPUPlatform, device_fn
+from vllm_ascend.worker.eplb_worker import EplbWorkerMixin
 
 
 def torch_device(index: int) -> torch.device:
@@ -121,7 +122,7 @@ def npu_memory_profiling(baseline: MemorySnapshot,
     result.non_kv_cache_memory = result.total_consumed + result.transient_peak_headroom
 
 
-class NPUWorker(Worker):
+class NPUWorker(EplbWorkerMixin, Worker):
     """A vLLM worker process driving one Ascend NPU."""
 
     def init_device(self) -> None:

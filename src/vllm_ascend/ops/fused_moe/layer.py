@@ -10,13 +10,23 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 from vllm_ascend.ops.fused_moe.comm.base import MoECommMethod
 from vllm_ascend.ops.fused_moe.experts import ExpertsFn, unquantized_experts
 from vllm_ascend.ops.fused_moe.select import select_experts
+
+
+class ExpertLoadBalancing(Protocol):
+    """EPLB's view of one layer (``vllm_ascend.eplb.runtime.LayerEplb``)."""
+
+    def to_physical(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """``(M, K)`` logical expert ids -> physical slot ids."""
+
+    def record(self, group_list: torch.Tensor) -> None:
+        """Rows per local slot after dispatch, ``(S_l,)``."""
 
 
 def moe_forward(
@@ -36,6 +46,7 @@ def moe_forward(
     experts_fn: ExpertsFn | None = None,
     dispatch_int8: bool = False,
     shared_experts_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eplb: ExpertLoadBalancing | None = None,
 ) -> torch.Tensor:
     """Mixture-of-experts output for this rank's tokens.
 
@@ -44,6 +55,8 @@ def moe_forward(
     ignored when ``experts_fn`` is given (a quantised scheme's grouped MLP; with
     ``dispatch_int8`` it receives int8 rows and per-row scales). Selection arguments: see
     :func:`select_experts`. shared_experts_fn ``(N, H) -> (N, H)`` is added to the result.
+    eplb (EPLB with redundant experts): maps each selected logical expert to one of its
+    physical slots before dispatch, and records the tokens each local slot computed.
     Returns ``(N, H)``: ``sum_k w_k * expert_{id_k}(x)`` (+ shared experts).
     """
     if experts_fn is None:
@@ -65,8 +78,12 @@ def moe_forward(
         topk_group=topk_group,
         routed_scaling_factor=routed_scaling_factor,
     )
+    if eplb is not None:
+        topk_ids = eplb.to_physical(topk_ids)  # logical expert -> one of its replicas
     dispatched = comm.dispatch(prepared.hidden_states, topk_weights, topk_ids,
                                quantize=dispatch_int8)
+    if eplb is not None:
+        eplb.record(dispatched.group_list)  # tokens per local slot; no host sync
     expert_output = experts_fn(dispatched.hidden_states, dispatched.group_list,
                                dispatched.dynamic_scale)
     combined = comm.combine(expert_output, dispatched.context)

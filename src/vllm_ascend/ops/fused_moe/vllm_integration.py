@@ -154,6 +154,17 @@ class AscendMoERunner(MoERunner):
             raise ValueError(f"{COMM_OVERRIDE_KEY}='mc2' needs expert parallelism "
                              "(enable_expert_parallel with more than one rank)")
         self._comms: dict[tuple[str, int], MoECommMethod] = {}
+        #: physical expert slots of the layer (E + redundant with EPLB) and the EPLB hook
+        #: (routing map + load recorder; ``vllm_ascend.eplb.runtime.LayerEplb``)
+        self.num_physical_experts = cfg.num_experts
+        self.eplb = None
+
+    def attach_eplb(self, hook, num_physical_experts: int) -> None:
+        """EPLB took over this layer: route through ``hook`` onto ``num_physical_experts``
+        slots (the runtime has grown the expert tensors to match)."""
+        self.eplb = hook
+        self.num_physical_experts = num_physical_experts
+        self._comms.clear()
 
     def _select_forward(self):
         # The opaque custom op on every platform: Dynamo must not trace the routing ops
@@ -202,7 +213,7 @@ class AscendMoERunner(MoERunner):
         if comm is None:
             group = None if self._ep_group is None else self._ep_group.device_group
             kwargs = {"max_tokens_per_rank": key[1]} if name == "mc2" else {}
-            comm = get_comm_method(name)(group, self.moe_config.num_experts, **kwargs)
+            comm = get_comm_method(name)(group, self.num_physical_experts, **kwargs)
             self._comms[key] = comm
         return comm
 
@@ -226,6 +237,7 @@ class AscendMoERunner(MoERunner):
             topk_group=experts.topk_group if grouped else None,
             routed_scaling_factor=experts.routed_scaling_factor,
             experts_fn=functools.partial(experts.quant_method.apply_experts, experts),
+            eplb=self.eplb,
         )
         return tp_unchunk(out, n, lay.tp_chunks, lay.tp_rank)
 

@@ -1,0 +1,15 @@
+"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks."""
+
+from __future__ import annotations
+
+from vllm.v1.worker.cpu_worker import CPUWorker
+
+from vllm_ascend.worker.eplb_worker import EplbWorkerMixin
+
+#: vLLM's CPU worker, which the platform replaces by :data:`WORKER_CLS`.
+VLLM_CPU_WORKER_CLS = "vllm.v1.worker.cpu_worker.CPUWorker"
+WORKER_CLS = "vllm_ascend.worker.cpu_worker.AscendCPUWorker"
+
+
+class AscendCPUWorker(EplbWorkerMixin, CPUWorker):
+    """``CPUWorker`` with :class:`EplbWorkerMixin` (a no-op unless EPLB is enabled)."""
