@@ -51,18 +51,6 @@ def _probe(model) -> dict:
     return {"layers": layer_classes(model), "moe": moe, "comm_methods": comms}
 
 
-def eplb_stats(worker) -> dict | None:
-    """Runs in each worker (``collective_rpc``): its EPLB runtime's state, or None if off."""
-    rt = getattr(worker, "eplb", None)
-    if rt is None:
-        return None
-    return {"enabled": rt.enabled, "step": rt.step, "rebalances": rt.rebalances,
-            "committed": rt.mover.committed, "rejected": rt.mover.rejected,
-            "restarts": rt._restarts, "planner_pid": rt.planner_pid, "ep_rank": rt.ep_rank,
-            "placements": rt.placements().tolist(), "balancedness": rt.balancedness,
-            "layers": [s.layer_index for s in rt.layers]}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,7 +128,7 @@ def main() -> int:
     )
     # Run as __main__, pickle would name this module "__main__", which the workers lack.
     from tests.e2e.moe_generate import _probe as probe
-    from tests.e2e.moe_generate import eplb_stats
+    from vllm_ascend.eplb.runtime import worker_stats as eplb_stats
 
     rounds = []
     for i in range(args.rounds):

@@ -90,6 +90,7 @@ class EplbRuntime:
         self._requested: np.ndarray | None = None  # the placement a request was planned from
         self._left_in_plan = 0
         self.balancedness: list[tuple[int, float]] = []  # (step, measured) per interval
+        self.move_steps: list[int] = []  # steps during which an expert transfer was in flight
         self.hooks = [LayerEplb(slots, self.recorder, pos) for pos, slots in enumerate(layers)]
 
     # -- construction ------------------------------------------------------------------
@@ -180,6 +181,8 @@ class EplbRuntime:
         self.recorder.begin_step(self.step, record)
         if self.cfg.mode == "layerwise":
             self.mover.start()
+            if self.mover.inflight is not None:
+                self.move_steps.append(self.step)
 
     def after_step(self) -> None:
         if not self.enabled:
@@ -283,6 +286,7 @@ class EplbRuntime:
             self.mover.fail_next = True
         self._left_in_plan = len(moves)
         if self.cfg.mode == "stop_the_world":
+            self.move_steps.append(self.step - 1)  # blocks the step that just ran
             self.mover.run_blocking(moves)
         else:
             self.mover.enqueue(moves)
@@ -337,3 +341,15 @@ class EplbRuntime:
     @property
     def planner_pid(self) -> int | None:
         return None if self.planner is None else self.planner.pid
+
+
+def worker_stats(worker) -> dict | None:
+    """A worker's EPLB state, for ``LLM.collective_rpc(worker_stats)`` (None: EPLB off)."""
+    rt = getattr(worker, "eplb", None)
+    if rt is None:
+        return None
+    return {"enabled": rt.enabled, "step": rt.step, "rebalances": rt.rebalances,
+            "committed": rt.mover.committed, "rejected": rt.mover.rejected,
+            "restarts": rt._restarts, "planner_pid": rt.planner_pid, "ep_rank": rt.ep_rank,
+            "placements": rt.placements().tolist(), "balancedness": rt.balancedness,
+            "layers": [s.layer_index for s in rt.layers], "move_steps": rt.move_steps}
