@@ -1,12 +1,12 @@
-"""``python -m bench <subcommand>``: decode, moe, quant-decode (run a benchmark), compare (two
-result files)."""
+"""``python -m bench <subcommand>``: decode, moe, quant-decode, eplb (run a benchmark), compare
+(two result files)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import compare, decode, moe, quant_decode
+from bench import compare, decode, eplb, moe, quant_decode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     decode.add_parser(sub)
     quant_decode.add_parser(sub)
     moe.add_parser(sub)
+    eplb.add_parser(sub)
     compare.add_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
