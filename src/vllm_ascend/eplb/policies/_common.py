@@ -154,12 +154,13 @@ def keep_slots_in_rank(new: np.ndarray, current: np.ndarray, num_ranks: int) -> 
 
 
 def adjust_counts(loads: np.ndarray, have: np.ndarray, max_replicas: int,
-                  hysteresis: float = 0.0) -> np.ndarray:
+                  hysteresis: float = 0.0, max_steps: int | None = None) -> np.ndarray:
     """Move replicas between experts, starting from ``have``, until greedy replication's
     optimum holds: no expert ``g`` whose next replica's share ``w_g / c_g`` beats (by more
     than ``hysteresis``, relative) the share ``w_l / (c_l - 1)`` expert ``l`` would have
     after giving one up. With ``hysteresis=0`` this is :func:`replica_counts`'s answer (up to
-    ties) in as many steps as replicas change hands.
+    ties) in as many steps as replicas change hands. Layers still changing after
+    ``max_steps`` moves (a workload switch) get :func:`replica_counts` from scratch.
 
     ``(L, E)`` float64 loads, ``(L, E)`` int64 counts -> ``(L, E)`` int64 counts (same sums).
     """
@@ -170,18 +171,22 @@ def adjust_counts(loads: np.ndarray, have: np.ndarray, max_replicas: int,
         give = np.where(counts < max_replicas, loads / counts, -np.inf)   # next replica's share
         take = np.where(counts > 1, loads / (counts - 1), np.inf)         # share after losing one
     factor = 1.0 + hysteresis
+    steps = int(counts.sum(axis=1).max()) if max_steps is None else max_steps
     active = rows
-    for _ in range(int(counts.sum(axis=1).max())):
+    for _ in range(steps + 1):
         g = give[active].argmax(axis=1)
         t = take[active].argmin(axis=1)
         ok = give[active, g] > factor * take[active, t]
         if not ok.any():
-            break
+            return counts
         a, g, t = active[ok], g[ok], t[ok]
+        if _ == steps:
+            break
         for e, step in ((g, 1), (t, -1)):
             c = counts[a, e] + step
             counts[a, e] = c
             give[a, e] = np.where(c < max_replicas, loads[a, e] / c, -np.inf)
             take[a, e] = np.where(c > 1, loads[a, e] / np.maximum(c - 1, 1), np.inf)
         active = a
+    counts[a] = replica_counts(loads[a], int(have[0].sum()), max_replicas)
     return counts

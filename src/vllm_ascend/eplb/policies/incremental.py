@@ -30,7 +30,7 @@ from vllm_ascend.eplb.policies.deepseek import deepseek
 
 @register_policy("incremental")
 def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
-                max_moves: float = 0.25, min_gain: float = 0.01, partners: int = 4,
+                max_moves: float = 0.25, min_gain: float = 0.01, partners: int = 8,
                 hysteresis: float = 0.02) -> np.ndarray:
     """Rebalance ``current`` for ``loads`` moving few slots (module docstring).
 
@@ -57,7 +57,8 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
                          f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
                          f"{hysteresis}")
     num_experts = loads.shape[1]
-    target = adjust_counts(loads, counts_of(current, num_experts), num_ranks, hysteresis)
+    target = adjust_counts(loads, counts_of(current, num_experts), num_ranks, hysteresis,
+                           max_steps=8)
     placement, slot_w = _reassign(loads, current, target, num_ranks)
     repair_duplicates(placement, slot_w, num_ranks)
     _swap_search(placement, slot_w, current, num_ranks, cap=int(max_moves * num_slots),
@@ -115,11 +116,16 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
     room = np.bincount(fl * num_ranks + rank_of[fs], minlength=num_layers * num_ranks) \
         .reshape(num_layers, num_ranks)
     key = np.where(room > 0, slot_w.reshape(num_layers, num_ranks, k).sum(axis=2), np.inf)
+    holds = None
+    if item_e.shape[1] > 4:                       # many to place: a lookup table pays off
+        holds = np.zeros((num_layers, num_experts, num_ranks), dtype=bool)
+        kl, ks = np.nonzero(placement >= 0)
+        holds[kl, placement[kl, ks], rank_of[ks]] = True
     for j in range(item_e.shape[1]):
         a = np.nonzero(n_free > j)[0]
         e = item_e[a, j]
         w = per_replica[a, e]
-        blocked = (p3[a] == e[:, None, None]).any(axis=2)
+        blocked = holds[a, e] if holds is not None else (p3[a] == e[:, None, None]).any(axis=2)
         rank = (key[a] + BLOCKED * blocked).argmin(axis=1)
         pos = (p3[a, rank] == -1).argmax(axis=1)
         p3[a, rank, pos] = e
@@ -127,6 +133,8 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
         left = room[a, rank] - 1
         room[a, rank] = left
         key[a, rank] = np.where(left == 0, np.inf, key[a, rank] + w)
+        if holds is not None:
+            holds[a, e, rank] = True
     return placement, slot_w
 
 
@@ -140,7 +148,7 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
     mean and the heavy rank is the layer's peak or above ``1 + 2 min_gain`` x the mean
     (ranks already near the mean are not churned). Pairs are disjoint, so a round's swaps
     are independent. A layer stops when no pair gains or its ``cap`` of moved slots is
-    reached.
+    reached, or its peak is within ``1 + 2 min_gain`` of the mean.
     """
     num_layers, num_slots = placement.shape
     k = num_slots // num_ranks
@@ -155,7 +163,7 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
     tol = min_gain * mean
     busy = (1 + 2 * min_gain) * mean
     moved = (placement != current).sum(axis=1)
-    active = np.nonzero(moved <= cap - 2)[0]
+    active = np.nonzero((moved <= cap - 2) & (rank_load.max(axis=1) > busy))[0]
     first = np.arange(pairs) == 0
     for _ in range(cap):
         if active.size == 0:
@@ -165,8 +173,8 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
         rl = rank_load[a]
         order = np.argsort(rl, axis=1)
         heavy, light = order[:, :-pairs - 1:-1], order[:, :pairs]          # (n, P) each
-        lh = np.take_along_axis(rl, heavy, axis=1)
-        ll = np.take_along_axis(rl, light, axis=1)
+        ar = np.arange(n)[:, None]
+        lh, ll = rl[ar, heavy], rl[ar, light]
         rows = a[:, None]
         eh, wh = p3[rows, heavy], w3[rows, heavy]                           # (n, P, k)
         el, wl = p3[rows, light], w3[rows, light]
@@ -177,7 +185,7 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
         bad = (d <= 0) | l_has_h[:, :, :, None] | h_has_l[:, :, None, :]
         flat = np.where(bad, np.inf, hi).reshape(n, pairs, k * k)
         best = flat.argmin(axis=2)                                          # (n, P)
-        gain = lh - np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
+        gain = lh - flat[ar, np.arange(pairs), best]
         ok = (gain > tol[a, None]) & (first | (lh > busy[a, None]))
         ok &= moved[a, None] + 2 * np.cumsum(ok, axis=1) <= cap
         if not ok.any():
@@ -194,6 +202,6 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
         rank_load[b, r2] += w1 - w2
         change = ((e2 != c3[b, r1, i]).astype(np.int64) - (e1 != c3[b, r1, i])
                   + (e1 != c3[b, r2, j]) - (e2 != c3[b, r2, j]))
-        np.add.at(moved, b, change)
+        moved[a] += np.bincount(li, weights=change, minlength=n).astype(np.int64)
         keep = a[ok.any(axis=1)]
-        active = keep[moved[keep] <= cap - 2]
+        active = keep[(moved[keep] <= cap - 2) & (rank_load[keep].max(axis=1) > busy[keep])]
