@@ -30,7 +30,7 @@ from vllm_ascend.eplb.policies.deepseek import deepseek
 
 @register_policy("incremental")
 def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
-                max_moves: float = 0.25, min_gain: float = 0.01, partners: int = 8,
+                max_moves: float = 0.25, min_gain: float = 0.0075, partners: int = 8,
                 hysteresis: float = 0.02) -> np.ndarray:
     """Rebalance ``current`` for ``loads`` moving few slots (module docstring).
 
