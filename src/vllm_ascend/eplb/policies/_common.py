@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vllm_ascend.eplb.placement import check_placement
+from vllm_ascend.eplb.placement import check_placement, has_rank_duplicates
 
 #: Added to a rank's key to block it without making it "full" (``inf``): a blocked rank is
 #: only chosen when every rank with room is blocked; the duplicate is repaired afterwards.
@@ -88,9 +88,7 @@ def holds_table(placement: np.ndarray, num_experts: int, num_ranks: int) -> np.n
 
 def duplicate_layers(placement: np.ndarray, num_ranks: int) -> np.ndarray:
     """Indices of layers where some rank holds an expert twice: ``(L, S)`` -> ``(n,)``."""
-    num_layers, num_slots = placement.shape
-    srt = np.sort(placement.reshape(num_layers, num_ranks, -1), axis=2)
-    return np.nonzero((srt[:, :, 1:] == srt[:, :, :-1]).any(axis=(1, 2)))[0]
+    return np.nonzero(has_rank_duplicates(placement, num_ranks))[0]
 
 
 def repair_duplicates(placement: np.ndarray, slot_w: np.ndarray, num_ranks: int) -> None:
@@ -175,21 +173,18 @@ def adjust_counts(loads: np.ndarray, have: np.ndarray, max_replicas: int,
         take = np.where(counts > 1, loads / (counts - 1), np.inf)         # share after losing one
     factor = 1.0 + hysteresis
     steps = int(counts.sum(axis=1).max()) if max_steps is None else max_steps
-    active = rows
     for _ in range(steps + 1):
-        g = give[active].argmax(axis=1)
-        t = take[active].argmin(axis=1)
-        ok = give[active, g] > factor * take[active, t]
-        if not ok.any():
+        g = give.argmax(axis=1)
+        t = take.argmin(axis=1)
+        a = np.nonzero(give[rows, g] > factor * take[rows, t])[0]
+        if a.size == 0:
             return counts
-        a, g, t = active[ok], g[ok], t[ok]
         if _ == steps:
             break
-        for e, step in ((g, 1), (t, -1)):
+        for e, step in ((g[a], 1), (t[a], -1)):
             c = counts[a, e] + step
             counts[a, e] = c
             give[a, e] = np.where(c < max_replicas, loads[a, e] / c, -np.inf)
             take[a, e] = np.where(c > 1, loads[a, e] / np.maximum(c - 1, 1), np.inf)
-        active = a
     counts[a] = replica_counts(loads[a], int(have[0].sum()), max_replicas)
     return counts

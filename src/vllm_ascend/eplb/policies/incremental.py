@@ -57,20 +57,21 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
                          f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
                          f"{hysteresis}")
     num_experts = loads.shape[1]
-    target = adjust_counts(loads, counts_of(current, num_experts), num_ranks, hysteresis,
-                           max_steps=8)
-    placement, slot_w = _reassign(loads, current, target, num_ranks)
+    have = counts_of(current, num_experts)
+    target = adjust_counts(loads, have, num_ranks, hysteresis, max_steps=8)
+    placement, slot_w = _reassign(loads, current, have, target, num_ranks)
     repair_duplicates(placement, slot_w, num_ranks)
     _swap_search(placement, slot_w, current, num_ranks, cap=int(max_moves * num_slots),
                  min_gain=min_gain, partners=partners)
     return placement
 
 
-def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
+def _reassign(loads: np.ndarray, current: np.ndarray, have: np.ndarray, target: np.ndarray,
               num_ranks: int) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-2: keep slots, give freed ones to the experts that gain replicas.
 
-    ``loads (L, E)``, ``current (L, S)``, ``target (L, E)`` counts -> ``placement (L, S)``
+    ``loads (L, E)``, ``current (L, S)``, its counts ``have (L, E)`` and the ``target (L, E)``
+    counts -> ``placement (L, S)``
     and ``slot_w (L, S)`` (each slot's ``loads / target`` share). Only the few slots whose
     expert changes its count are touched.
     """
@@ -78,7 +79,6 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
     num_experts = loads.shape[1]
     k = num_slots // num_ranks
     rank_of = np.arange(num_slots) // k
-    have = counts_of(current, num_experts)
     per_replica = loads / target
     surplus = have - target                       # > 0: loses replicas, < 0: gains
     placement = current.copy()
