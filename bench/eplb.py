@@ -243,7 +243,7 @@ def _plot(results: list[dict], path: Path, switch_step: int) -> None:
         ax.axvline(switch_step, color="grey", ls="--", lw=0.8)
         ax.set_title(shape)
         ax.set_ylabel("balancedness")
-        ax.set_ylim(0.5, 1.0)
+        ax.set_ylim(0.3, 1.0)
         ax.legend(loc="lower right", fontsize=8)
     axes[-1, 0].set_xlabel("step (dashed: workload switch)")
     fig.tight_layout()
