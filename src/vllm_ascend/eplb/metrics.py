@@ -25,9 +25,8 @@ def slot_loads(placement: np.ndarray, loads: np.ndarray) -> np.ndarray:
     placement = np.asarray(placement)
     loads = np.asarray(loads, dtype=np.float64)
     num_layers, num_experts = loads.shape
-    counts = np.zeros((num_layers, num_experts), dtype=np.int64)
-    rows = np.repeat(np.arange(num_layers), placement.shape[1])
-    np.add.at(counts, (rows, placement.ravel()), 1)
+    flat = (placement + num_experts * np.arange(num_layers)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=num_layers * num_experts).reshape(loads.shape)
     per_replica = loads / np.maximum(counts, 1)
     return np.take_along_axis(per_replica, placement, axis=1)
 

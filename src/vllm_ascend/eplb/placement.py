@@ -112,9 +112,18 @@ def _suspect_layers(placement: np.ndarray, num_experts: int, num_ranks: int) -> 
             + num_experts * np.arange(num_layers)[:, None]).ravel()
     counts = np.bincount(flat, minlength=num_layers * num_experts)
     lost = (counts.reshape(num_layers, num_experts) == 0).any(axis=1)
-    srt = np.sort(placement.reshape(num_layers, num_ranks, -1), axis=2)
-    dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=(1, 2))
-    return out_of_range | lost | dup
+    return out_of_range | lost | has_rank_duplicates(placement, num_ranks)
+
+
+def has_rank_duplicates(placement: np.ndarray, num_ranks: int) -> np.ndarray:
+    """``(L, S)`` -> ``(L,)`` bool: some rank of the layer holds one expert twice."""
+    num_layers, num_slots = placement.shape
+    k = num_slots // num_ranks
+    dup = np.zeros(num_layers, dtype=bool)
+    for d in range(1, k):            # slots s and s + d share a rank when s % k < k - d
+        same_rank = np.arange(num_slots - d) % k < k - d
+        dup |= ((placement[:, d:] == placement[:, :-d]) & same_rank).any(axis=1)
+    return dup
 
 
 def _rows(placement) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vllm_ascend.eplb.placement import check_placement
+from vllm_ascend.eplb.placement import check_placement, has_rank_duplicates
 
 #: Added to a rank's key to block it without making it "full" (``inf``): a blocked rank is
 #: only chosen when every rank with room is blocked; the duplicate is repaired afterwards.
@@ -75,7 +75,10 @@ def counts_of(placement: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def holds_table(placement: np.ndarray, num_experts: int, num_ranks: int) -> np.ndarray:
-    """``holds[l, e, r]``: rank ``r`` holds expert ``e`` in layer ``l``; ``(L, S)`` -> ``(L, E, W)``."""
+    """``holds[l, e, r]``: rank ``r`` holds expert ``e`` in layer ``l``.
+
+    ``(L, S)`` placement -> ``(L, E, W)`` bool.
+    """
     num_layers, num_slots = placement.shape
     holds = np.zeros((num_layers, num_experts, num_ranks), dtype=bool)
     rank = np.arange(num_slots) // (num_slots // num_ranks)
@@ -85,9 +88,7 @@ def holds_table(placement: np.ndarray, num_experts: int, num_ranks: int) -> np.n
 
 def duplicate_layers(placement: np.ndarray, num_ranks: int) -> np.ndarray:
     """Indices of layers where some rank holds an expert twice: ``(L, S)`` -> ``(n,)``."""
-    num_layers, num_slots = placement.shape
-    srt = np.sort(placement.reshape(num_layers, num_ranks, -1), axis=2)
-    return np.nonzero((srt[:, :, 1:] == srt[:, :, :-1]).any(axis=(1, 2)))[0]
+    return np.nonzero(has_rank_duplicates(placement, num_ranks))[0]
 
 
 def repair_duplicates(placement: np.ndarray, slot_w: np.ndarray, num_ranks: int) -> None:
@@ -154,12 +155,13 @@ def keep_slots_in_rank(new: np.ndarray, current: np.ndarray, num_ranks: int) -> 
 
 
 def adjust_counts(loads: np.ndarray, have: np.ndarray, max_replicas: int,
-                  hysteresis: float = 0.0) -> np.ndarray:
+                  hysteresis: float = 0.0, max_steps: int | None = None) -> np.ndarray:
     """Move replicas between experts, starting from ``have``, until greedy replication's
     optimum holds: no expert ``g`` whose next replica's share ``w_g / c_g`` beats (by more
     than ``hysteresis``, relative) the share ``w_l / (c_l - 1)`` expert ``l`` would have
     after giving one up. With ``hysteresis=0`` this is :func:`replica_counts`'s answer (up to
-    ties) in as many steps as replicas change hands.
+    ties) in as many steps as replicas change hands. Layers still changing after
+    ``max_steps`` moves (a workload switch) get :func:`replica_counts` from scratch.
 
     ``(L, E)`` float64 loads, ``(L, E)`` int64 counts -> ``(L, E)`` int64 counts (same sums).
     """
@@ -170,18 +172,19 @@ def adjust_counts(loads: np.ndarray, have: np.ndarray, max_replicas: int,
         give = np.where(counts < max_replicas, loads / counts, -np.inf)   # next replica's share
         take = np.where(counts > 1, loads / (counts - 1), np.inf)         # share after losing one
     factor = 1.0 + hysteresis
-    active = rows
-    for _ in range(int(counts.sum(axis=1).max())):
-        g = give[active].argmax(axis=1)
-        t = take[active].argmin(axis=1)
-        ok = give[active, g] > factor * take[active, t]
-        if not ok.any():
+    steps = int(counts.sum(axis=1).max()) if max_steps is None else max_steps
+    for _ in range(steps + 1):
+        g = give.argmax(axis=1)
+        t = take.argmin(axis=1)
+        a = np.nonzero(give[rows, g] > factor * take[rows, t])[0]
+        if a.size == 0:
+            return counts
+        if _ == steps:
             break
-        a, g, t = active[ok], g[ok], t[ok]
-        for e, step in ((g, 1), (t, -1)):
+        for e, step in ((g[a], 1), (t[a], -1)):
             c = counts[a, e] + step
             counts[a, e] = c
             give[a, e] = np.where(c < max_replicas, loads[a, e] / c, -np.inf)
             take[a, e] = np.where(c > 1, loads[a, e] / np.maximum(c - 1, 1), np.inf)
-        active = a
+    counts[a] = replica_counts(loads[a], int(have[0].sum()), max_replicas)
     return counts

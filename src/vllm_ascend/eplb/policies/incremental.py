@@ -9,13 +9,13 @@ Starting from the placement in force (``current``; without one it is ``deepseek`
    replicas gives up those on the most loaded ranks; the freed slots go to the experts
    that gain replicas, heaviest per-replica load first, each onto the least-loaded rank
    with a freed slot that does not already hold the expert.
-3. Swap search: repeatedly take the most loaded rank and swap one of its slots with a slot
-   on one of the ``partners`` least-loaded ranks, the swap that leaves the pair's maximum
-   lowest, while that lowers the most loaded rank by more than ``min_gain`` x the mean rank
-   load and at most ``max_moves`` x ``S`` slots of the layer differ from ``current``.
+3. Swap search, in rounds: the ``partners`` most loaded ranks are paired with as many
+   least-loaded ones, and each pair makes the one slot swap that leaves its maximum lowest,
+   while that lowers the heavy rank by more than ``min_gain`` x the mean rank load and at
+   most ``max_moves`` x ``S`` slots of the layer differ from ``current``.
 
 Every step is vectorised over layers. Cost: O(C * L * E) for ``C`` count changes, O(F * L * W) to
-place ``F`` freed slots, O(I * L * k * partners * k) for ``I`` swap rounds (``k = S / W``).
+place ``F`` freed slots, O(I * L * partners * k^2) for ``I`` swap rounds (``k = S / W``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from vllm_ascend.eplb.policies.deepseek import deepseek
 
 @register_policy("incremental")
 def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
-                max_moves: float = 0.25, min_gain: float = 0.002, partners: int = 4,
+                max_moves: float = 0.25, min_gain: float = 0.0075, partners: int = 8,
                 hysteresis: float = 0.02) -> np.ndarray:
     """Rebalance ``current`` for ``loads`` moving few slots (module docstring).
 
@@ -42,7 +42,7 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
         max_moves: at most this fraction of a layer's slots move in the swap search (the
             re-decided replica counts may move more).
         min_gain: a swap must lower the peak rank load by this fraction of the mean.
-        partners: how many of the least-loaded ranks the peak rank may swap with.
+        partners: heavy/light rank pairs balanced per swap round.
         hysteresis: a replica changes expert only when the gainer's share beats the
             loser's by this fraction (counts stop flapping with noisy loads).
 
@@ -57,19 +57,21 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
                          f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
                          f"{hysteresis}")
     num_experts = loads.shape[1]
-    target = adjust_counts(loads, counts_of(current, num_experts), num_ranks, hysteresis)
-    placement, slot_w = _reassign(loads, current, target, num_ranks)
+    have = counts_of(current, num_experts)
+    target = adjust_counts(loads, have, num_ranks, hysteresis, max_steps=8)
+    placement, slot_w = _reassign(loads, current, have, target, num_ranks)
     repair_duplicates(placement, slot_w, num_ranks)
     _swap_search(placement, slot_w, current, num_ranks, cap=int(max_moves * num_slots),
                  min_gain=min_gain, partners=partners)
     return placement
 
 
-def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
+def _reassign(loads: np.ndarray, current: np.ndarray, have: np.ndarray, target: np.ndarray,
               num_ranks: int) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-2: keep slots, give freed ones to the experts that gain replicas.
 
-    ``loads (L, E)``, ``current (L, S)``, ``target (L, E)`` counts -> ``placement (L, S)``
+    ``loads (L, E)``, ``current (L, S)``, its counts ``have (L, E)`` and the ``target (L, E)``
+    counts -> ``placement (L, S)``
     and ``slot_w (L, S)`` (each slot's ``loads / target`` share). Only the few slots whose
     expert changes its count are touched.
     """
@@ -77,7 +79,6 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
     num_experts = loads.shape[1]
     k = num_slots // num_ranks
     rank_of = np.arange(num_slots) // k
-    have = counts_of(current, num_experts)
     per_replica = loads / target
     surplus = have - target                       # > 0: loses replicas, < 0: gains
     placement = current.copy()
@@ -115,11 +116,16 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
     room = np.bincount(fl * num_ranks + rank_of[fs], minlength=num_layers * num_ranks) \
         .reshape(num_layers, num_ranks)
     key = np.where(room > 0, slot_w.reshape(num_layers, num_ranks, k).sum(axis=2), np.inf)
+    holds = None
+    if item_e.shape[1] > 4:                       # many to place: a lookup table pays off
+        holds = np.zeros((num_layers, num_experts, num_ranks), dtype=bool)
+        kl, ks = np.nonzero(placement >= 0)
+        holds[kl, placement[kl, ks], rank_of[ks]] = True
     for j in range(item_e.shape[1]):
         a = np.nonzero(n_free > j)[0]
         e = item_e[a, j]
         w = per_replica[a, e]
-        blocked = (p3[a] == e[:, None, None]).any(axis=2)
+        blocked = holds[a, e] if holds is not None else (p3[a] == e[:, None, None]).any(axis=2)
         rank = (key[a] + BLOCKED * blocked).argmin(axis=1)
         pos = (p3[a, rank] == -1).argmax(axis=1)
         p3[a, rank, pos] = e
@@ -127,6 +133,8 @@ def _reassign(loads: np.ndarray, current: np.ndarray, target: np.ndarray,
         left = room[a, rank] - 1
         room[a, rank] = left
         key[a, rank] = np.where(left == 0, np.inf, key[a, rank] + w)
+        if holds is not None:
+            holds[a, e, rank] = True
     return placement, slot_w
 
 
@@ -134,52 +142,66 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
                  num_ranks: int, *, cap: int, min_gain: float, partners: int) -> None:
     """Step 3, in place on ``placement`` / ``slot_w`` (both ``(L, S)``).
 
-    One swap per active layer per round; a layer stops when no swap gains enough or its
-    moved-slot budget ``cap`` is spent.
+    Each round pairs the ``P = partners`` most loaded ranks with the ``P`` least loaded
+    (``i``-th heaviest with ``i``-th lightest) and makes, per pair, the one swap that leaves
+    the pair's maximum lowest, if it lowers the heavy rank by more than ``min_gain`` x the
+    mean and the heavy rank is the layer's peak or above ``1 + 2 min_gain`` x the mean
+    (ranks already near the mean are not churned). Pairs are disjoint, so a round's swaps
+    are independent. A layer stops when no pair gains or its ``cap`` of moved slots is
+    reached, or its peak is within ``1 + 2 min_gain`` of the mean.
     """
     num_layers, num_slots = placement.shape
     k = num_slots // num_ranks
-    m = min(partners, num_ranks - 1)
-    if m < 1 or cap < 2:
+    pairs = min(partners, num_ranks // 2)
+    if pairs < 1 or cap < 2:
         return
     p3 = placement.reshape(num_layers, num_ranks, k)
     w3 = slot_w.reshape(num_layers, num_ranks, k)
     c3 = current.reshape(num_layers, num_ranks, k)
     rank_load = w3.sum(axis=2)
-    tol = min_gain * rank_load.mean(axis=1)
+    mean = rank_load.mean(axis=1)
+    tol = min_gain * mean
+    busy = (1 + 2 * min_gain) * mean
     moved = (placement != current).sum(axis=1)
-    active = np.nonzero(moved <= cap - 2)[0]
+    active = np.nonzero((moved <= cap - 2) & (rank_load.max(axis=1) > busy))[0]
+    first = np.arange(pairs) == 0
     for _ in range(cap):
         if active.size == 0:
             break
         a = active
         n = a.size
         rl = rank_load[a]
-        top = rl.argmax(axis=1)
-        peak = rl[np.arange(n), top]
-        light = np.argpartition(rl, m - 1, axis=1)[:, :m]                 # (n, m)
-        ea, wa = p3[a, top], w3[a, top]                                   # (n, k)
-        eb, wb = p3[a[:, None], light], w3[a[:, None], light]             # (n, m, k)
-        lq = np.take_along_axis(rl, light, axis=1)                        # (n, m)
-        d = wa[:, :, None, None] - wb[:, None, :, :]                      # (n, k, m, k)
-        hi = np.maximum(peak[:, None, None, None] - d, lq[:, None, :, None] + d)
-        b_has_a = (ea[:, :, None, None] == eb[:, None, :, :]).any(axis=3)  # (n, k, m)
-        a_has_b = (eb[:, :, :, None] == ea[:, None, None, :]).any(axis=3)  # (n, m, k)
-        bad = (d <= 0) | b_has_a[:, :, :, None] | a_has_b[:, None, :, :]
-        flat = np.where(bad, np.inf, hi).reshape(n, -1)
-        best = flat.argmin(axis=1)
-        ok = peak - flat[np.arange(n), best] > tol[a]
+        order = np.argsort(rl, axis=1)
+        heavy, light = order[:, :-pairs - 1:-1], order[:, :pairs]          # (n, P) each
+        ar = np.arange(n)[:, None]
+        lh, ll = rl[ar, heavy], rl[ar, light]
+        rows = a[:, None]
+        eh, wh = p3[rows, heavy], w3[rows, heavy]                           # (n, P, k)
+        el, wl = p3[rows, light], w3[rows, light]
+        d = wh[:, :, :, None] - wl[:, :, None, :]                           # (n, P, k, k)
+        hi = np.maximum(lh[:, :, None, None] - d, ll[:, :, None, None] + d)
+        l_has_h = (eh[:, :, :, None] == el[:, :, None, :]).any(axis=3)      # (n, P, k)
+        h_has_l = (el[:, :, :, None] == eh[:, :, None, :]).any(axis=3)      # (n, P, k)
+        bad = (d <= 0) | l_has_h[:, :, :, None] | h_has_l[:, :, None, :]
+        flat = np.where(bad, np.inf, hi).reshape(n, pairs, k * k)
+        best = flat.argmin(axis=2)                                          # (n, P)
+        gain = lh - flat[ar, np.arange(pairs), best]
+        ok = (gain > tol[a, None]) & (first | (lh > busy[a, None]))
+        ok &= moved[a, None] + 2 * np.cumsum(ok, axis=1) <= cap
         if not ok.any():
             break
-        b, best = a[ok], best[ok]
-        i, q, j = best // (m * k), (best // k) % m, best % k
-        r1, r2 = top[ok], light[ok, q]
+        li, pi = np.nonzero(ok)
+        b = a[li]
+        i, j = best[li, pi] // k, best[li, pi] % k
+        r1, r2 = heavy[li, pi], light[li, pi]
         e1, e2 = p3[b, r1, i], p3[b, r2, j]
         w1, w2 = w3[b, r1, i], w3[b, r2, j]
         p3[b, r1, i], p3[b, r2, j] = e2, e1
         w3[b, r1, i], w3[b, r2, j] = w2, w1
         rank_load[b, r1] += w2 - w1
         rank_load[b, r2] += w1 - w2
-        moved[b] += ((e2 != c3[b, r1, i]).astype(np.int64) - (e1 != c3[b, r1, i])
-                     + (e1 != c3[b, r2, j]) - (e2 != c3[b, r2, j]))
-        active = b[moved[b] <= cap - 2]
+        change = ((e2 != c3[b, r1, i]).astype(np.int64) - (e1 != c3[b, r1, i])
+                  + (e1 != c3[b, r2, j]) - (e2 != c3[b, r2, j]))
+        moved[a] += np.bincount(li, weights=change, minlength=n).astype(np.int64)
+        keep = a[ok.any(axis=1)]
+        active = keep[(moved[keep] <= cap - 2) & (rank_load[keep].max(axis=1) > busy[keep])]
