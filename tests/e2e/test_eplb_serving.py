@@ -34,6 +34,11 @@ EPLB = {"enabled": True, "num_redundant_experts": 2, "step_interval": 3, "window
         "log_balancedness": True}
 HOT = {"qwen3_moe": 3, "deepseek_v3": 8}
 LOGPROB_TOLERANCE = 1e-3
+#: Quantised experts: a replica choice changes which group (and how many rows) a token's
+#: row is computed in; the int8 kernels' fp32 accumulation order then differs in the last
+#: bits, and the per-token re-quantisation between w13 and w2 can flip a rounding. Tokens
+#: must still be identical; logprobs move by ~1e-3 (1.4e-3 seen, on a -9.9 candidate).
+QUANT_LOGPROB_TOLERANCE = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +97,14 @@ def run(tiny, tmp_path_factory):
     return get
 
 
-def assert_same_tokens(ref: dict, got: dict) -> None:
-    """Every round of ``got`` has the reference's tokens; logprobs within 1e-3."""
+def assert_same_tokens(ref: dict, got: dict, tol: float = LOGPROB_TOLERANCE) -> None:
+    """Every round of ``got`` has the reference's tokens; logprobs within ``tol``."""
     for i, round_ in enumerate(got["rounds"]):
         for want, have in zip(ref["rounds"][0], round_):
             assert have["token_ids"] == want["token_ids"], (i, want["prompt"])
             for pos, tok in enumerate(want["token_ids"]):
                 a, b = want["top"][pos][str(tok)], have["top"][pos][str(tok)]
-                assert abs(a - b) <= LOGPROB_TOLERANCE, (i, want["prompt"], pos, a, b)
+                assert abs(a - b) <= tol, (i, want["prompt"], pos, a, b)
 
 
 def assert_rebalanced(report: dict, ranks: int, moved: bool = True) -> list[dict]:
@@ -152,7 +157,8 @@ def test_tp2_ep_moves_experts_survives_planner_kill_and_faults(run, tmp_path):
 def test_layouts_keep_tokens_while_experts_move(run, model, name, flags, ranks):
     off, _ = run(model, f"{name}-off", flags)
     on, _ = run(model, f"{name}-on", flags, EPLB)
-    assert_same_tokens(off, on)
+    assert_same_tokens(off, on, QUANT_LOGPROB_TOLERANCE if "w4a8" in model else
+                       LOGPROB_TOLERANCE)
     assert_rebalanced(on, ranks)
 
 

@@ -144,7 +144,8 @@ class W4A8DynamicMoE(AscendMoEScheme):
     def apply_experts(self, layer, x: torch.Tensor, group_list: torch.Tensor,
                       dynamic_scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x (M, H)`` (float, or int8 with ``dynamic_scale (M,)``) -> ``(M, H)``."""
-        moe.check_group_list(group_list, self.dims["w13"][0], self.prefix)
+        # the live expert count: EPLB grows the loaded experts to its physical slots
+        moe.check_group_list(group_list, layer.w13_weight.shape[0], self.prefix)
         out = moe.out_dtype(x, self.params_dtype)
         xq, xs = moe.quantize_rows(x, dynamic_scale, self.prefix)
         for stem in ("w13", "w2"):

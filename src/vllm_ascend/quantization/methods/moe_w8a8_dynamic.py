@@ -77,8 +77,8 @@ class W8A8DynamicMoE(AscendMoEScheme):
     def apply_experts(self, layer, x: torch.Tensor, group_list: torch.Tensor,
                       dynamic_scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x (M, H)`` (float, or int8 with ``dynamic_scale (M,)``) -> ``(M, H)``."""
-        experts = self.shapes["w13"][0]
-        moe.check_group_list(group_list, experts, self.prefix)
+        # the live expert count: EPLB grows the loaded experts to its physical slots
+        moe.check_group_list(group_list, layer.w13_weight.shape[0], self.prefix)
         out = moe.out_dtype(x, self.params_dtype)
         xq, xs = moe.quantize_rows(x, dynamic_scale, self.prefix)
         groups: dict[str, Any] = dict(group_list=group_list, group_type=0, group_list_type=1,
