@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +31,14 @@ def vllm_env(**overrides: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def quantize_w4a8(src: Path, out: Path) -> Path:
+    """A tiny MoE checkpoint with W4A8_DYNAMIC experts (group 32, so TP2 can split the
+    experts' intermediate size 64; other linears W8A8_DYNAMIC), by the plugin's quantizer."""
+    cmd = [PYTHON, "-m", "vllm_ascend.tools.quantize", "--model", str(src), "--scheme",
+           "W4A8_DYNAMIC", "--group-size", "32", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"quantize {out.name} failed:\n{proc.stderr[-4000:]}"
+    return out

@@ -39,7 +39,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import PYTHON, REPO, vllm_env
+from tests.e2e.conftest import PYTHON, REPO, quantize_w4a8, vllm_env
 from tests.e2e.test_smollm2_parity import TOLERANCE
 
 pytestmark = pytest.mark.e2e
@@ -79,13 +79,7 @@ def tiny(tmp_path_factory):
             if not quant:
                 made[name] = generate(arch, root / arch, seed=0)
             else:
-                cmd = [PYTHON, "-m", "vllm_ascend.tools.quantize", "--model", str(get(arch)),
-                       "--scheme", "W4A8_DYNAMIC", "--group-size", "32", "--out", str(root / name),
-                       "--no-progress"]
-                proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(), capture_output=True,
-                                      text=True, timeout=900)
-                assert proc.returncode == 0, f"quantize {name} failed:\n{proc.stderr[-4000:]}"
-                made[name] = root / name
+                made[name] = quantize_w4a8(get(arch), root / name)
         return made[name]
 
     return get
