@@ -77,6 +77,7 @@ class LayerSlots:
     def __post_init__(self) -> None:
         self.layer_index = layer_index_of(self.name)
         self.local_slots = self.num_slots // self.ep_size
+        self._tensor_names: list[str] | None = None
         self.set_placement(loaded_placement(self.num_experts, self.ep_size, self.num_slots))
 
     # -- maps --------------------------------------------------------------------------
@@ -99,16 +100,21 @@ class LayerSlots:
 
     # -- tensors -----------------------------------------------------------------------
 
-    def expert_tensors(self) -> dict[str, torch.nn.Parameter]:
-        """Name -> per-expert parameter (first dim = local slots), in a fixed order."""
-        out = {}
-        for name, p in sorted(self.module.named_parameters(recurse=False)):
-            if _EXPERT_TENSOR.match(name) and p.dim() >= 1 and p.shape[0] == self.local_slots:
-                out[name] = p
-        if not out:
+    def _names_with_rows(self, rows: int) -> list[str]:
+        """Names of the module's per-expert tensors (``w13_*`` / ``w2_*``, ``rows`` rows)."""
+        names = [n for n, p in sorted(self.module.named_parameters(recurse=False))
+                 if _EXPERT_TENSOR.match(n) and p.dim() >= 1 and p.shape[0] == rows]
+        if not names:
             raise RuntimeError(f"EPLB: MoE layer {self.name} has no per-expert tensors "
-                               f"(w13_* / w2_* with {self.local_slots} rows)")
-        return out
+                               f"(w13_* / w2_* with {rows} rows)")
+        return names
+
+    def expert_tensors(self) -> dict[str, torch.nn.Parameter]:
+        """Name -> per-expert parameter (first dim = local slots), in a fixed order. The
+        names are found once; the parameters are looked up live (loaders replace them)."""
+        if self._tensor_names is None:
+            self._tensor_names = self._names_with_rows(self.local_slots)
+        return {n: getattr(self.module, n) for n in self._tensor_names}
 
     def expand(self) -> None:
         """Grow every per-expert tensor from ``E/W`` to ``S/W`` rows (new rows zero)."""
@@ -118,17 +124,14 @@ class LayerSlots:
         extra = self.local_slots - own
         if extra == 0:
             return
-        names = [n for n, p in self.module.named_parameters(recurse=False)
-                 if _EXPERT_TENSOR.match(n) and p.dim() >= 1 and p.shape[0] == own]
-        if not names:
-            raise RuntimeError(f"EPLB: MoE layer {self.name} has no per-expert tensors "
-                               f"(w13_* / w2_* with {own} rows)")
+        names = self._names_with_rows(own)
         for n in names:
             old = getattr(self.module, n).data
             new = torch.zeros((self.local_slots, *old.shape[1:]), dtype=old.dtype,
                               device=old.device)
             new[:own].copy_(old)
             replace_parameter(self.module, n, new)
+        self._tensor_names = names
 
     def expert_nbytes(self) -> int:
         """Bytes of one expert (all its tensors): the size of one transfer."""
