@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_ascend.device.reference import cpu_kernels
+from vllm_ascend.device.reference import cpu_kernels, grouped_matmul
 from vllm_ascend.device.reference._common import as_dtype, saturate_round, unpack_int4
 from vllm_ascend.device.reference.quant import decode_quant_offset, decode_quant_param, group_ends
 
@@ -445,6 +445,12 @@ def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiqua
     if len(x) != 1 or x[0].dim() != 2:
         raise ValueError("the grouped (MoE) form takes x=[X (M, K)]")
     xm = x[0]
+    # All groups in one C++ op where it covers the arguments (grouped_matmul.py), else the loop.
+    fast = grouped_matmul.moe_fast(xm, weight, **given, group_list=group_list,
+                                   split_item=split_item, group_list_type=group_list_type,
+                                   act_type=act_type, dtype=dtype)
+    if fast is not None:
+        return fast
     m, k = xm.shape
     stacked = len(weight) == 1 and weight[0].dim() == 3
     experts = weight[0].shape[0] if stacked else len(weight)
