@@ -7,7 +7,8 @@
   size (W=1: this process, no group; mc2 needs W > 1). Every rank holds ``E/W`` experts and
   its own tokens. Latency: one forward on the slowest rank (``--iters`` forwards between
   barriers, median over ``--repeats``). Outputs are checked against the allgather method's.
-- ``layer``: one MoE layer built by vLLM's ``FusedMoEFactory`` (no engine), plugin (its
+- ``layer``: one MoE layer per ``--layer-shapes`` entry (the tiny models' shapes and a realistic
+  64 experts / hidden 2048 / intermediate 1408 / top-6) built by vLLM's ``FusedMoEFactory`` (no engine), plugin (its
   runner + float method; comm chosen per step) vs vanilla vLLM CPU (``VLLM_ASCEND_PLATFORM=off``:
   ``CPURouter`` + ``cpu_fused_moe``), a fresh process each, same seeded weights and inputs;
   the parent checks that the two outputs agree.
@@ -250,22 +251,38 @@ def _env(backend: str, **extra: str) -> dict:
     return env
 
 
+#: MoE layer shapes of ``--parts layer``: the tiny models' (vllm_ascend.tools.tiny_model) and a
+#: realistic one (DeepSeek-V2-Lite / Qwen1.5-MoE-like: 64 experts, hidden 2048, 1408, top-6).
+LAYER_SHAPES = {
+    "tiny-qwen3_moe": {"hidden": 128, "intermediate": 64, "experts": 16, "top_k": 4},
+    "tiny-deepseek_v3": {"hidden": 128, "intermediate": 64, "experts": 64, "top_k": 8},
+    "realistic": {"hidden": 2048, "intermediate": 1408, "experts": 64, "top_k": 6},
+}
+
+
 def run_layer(args, log, tmp: Path) -> tuple[list[dict], dict]:
+    """Plugin vs vanilla MoE layer for every ``--layer-shapes`` entry ("args": the --hidden,
+    --intermediate, --experts, --top-k shape)."""
     import torch
 
-    rows, outputs, info = [], {}, {}
-    for backend in LAYER_BACKENDS:
-        _log(f"layer: {backend} (fresh process)")
-        result = str(tmp / f"layer-{backend}.json")
-        cmd = [sys.executable, "-m", "bench.moe", "--child", "layer", "--backend", backend,
-               "--shape", json.dumps(_shape(args)), "--tokens", ",".join(map(str, args.tokens)),
-               "--iters", str(args.iters), "--repeats", str(args.repeats), "--result", result]
-        doc = _run_child(cmd, _env(backend), log)
-        rows += doc["rows"]
-        info[f"{backend}_classes"] = doc["classes"]
-        outputs[backend] = torch.load(result + ".pt")
-    info["max_abs_diff_plugin_vs_vanilla"] = max(
-        float((outputs["plugin"][t] - outputs["vanilla"][t]).abs().max()) for t in args.tokens)
+    rows, info, diffs = [], {}, {}
+    for name in args.layer_shapes:
+        shape = _shape(args) if name == "args" else LAYER_SHAPES[name]
+        outputs = {}
+        for backend in LAYER_BACKENDS:
+            _log(f"layer {name}: {backend} (fresh process)")
+            result = str(tmp / f"layer-{name}-{backend}.json")
+            cmd = [sys.executable, "-m", "bench.moe", "--child", "layer", "--backend", backend,
+                   "--shape", json.dumps(shape), "--tokens", ",".join(map(str, args.tokens)),
+                   "--iters", str(args.iters), "--repeats", str(args.repeats), "--result", result]
+            doc = _run_child(cmd, _env(backend), log)
+            rows += [dict(r, shape=name) for r in doc["rows"]]
+            info[f"{backend}_classes"] = doc["classes"]
+            outputs[backend] = torch.load(result + ".pt")
+        diffs[name] = max(float((outputs["plugin"][t] - outputs["vanilla"][t]).abs().max())
+                          for t in args.tokens)
+    info["max_abs_diff_plugin_vs_vanilla"] = max(diffs.values())
+    info["max_abs_diff_plugin_vs_vanilla_per_shape"] = diffs
     return rows, info
 
 
@@ -297,7 +314,7 @@ def _table(rows: list[dict]) -> str:
             lines.append(f"comm   W={r['world_size']} {r['method']:<9} "
                          f"tokens/rank={r['tokens_per_rank']:<5} {r['latency_ms']:>9.3f} ms")
         elif r["part"] == "layer":
-            lines.append(f"layer  {r['backend']:<9} tokens={r['tokens']:<5} "
+            lines.append(f"layer  {r['shape']:<16} {r['backend']:<9} tokens={r['tokens']:<5} "
                          f"{r['latency_ms']:>9.3f} ms")
         else:
             lines.append(f"decode EP{r['ep_size']} batch={r['batch_size']:<3} "
@@ -327,9 +344,10 @@ def run(args) -> int:
         if "layer" in args.parts:
             layer_rows, extra = run_layer(args, log, Path(tmp))
             rows += layer_rows
-            ms = {(r["backend"], r["tokens"]): r["latency_ms"] for r in layer_rows}
-            ratios = {f"layer_plugin_over_vanilla_tokens_{t}":
-                      round(ms["plugin", t] / ms["vanilla", t], 3) for t in args.tokens}
+            ms = {(r["shape"], r["backend"], r["tokens"]): r["latency_ms"] for r in layer_rows}
+            ratios = {f"layer_{name}_plugin_over_vanilla_tokens_{t}":
+                      round(ms[name, "plugin", t] / ms[name, "vanilla", t], 3)
+                      for name in args.layer_shapes for t in args.tokens}
         if "decode" in args.parts:
             rows += run_decode(args, log, Path(tmp))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -362,6 +380,10 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", type=csv_choices(METHODS, "method"), default=list(METHODS), help="allgather,all2allv,mc2")
     p.add_argument("--tokens", type=csv_list(int), default=[1, 16, 256],
                    help="tokens per rank (comm) / per call (layer); default 1,16,256")
+    p.add_argument("--layer-shapes", type=csv_choices(tuple(LAYER_SHAPES) + ("args",), "shape"),
+                   default=list(LAYER_SHAPES),
+                   help="layer part: " + ",".join(LAYER_SHAPES) + " (default: all) or args "
+                   "(the --hidden/--intermediate/--experts/--top-k shape)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--intermediate", type=int, default=256, help="per-expert intermediate size")
     p.add_argument("--experts", type=int, default=32)
