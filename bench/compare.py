@@ -20,9 +20,9 @@ Mann-Whitney U p-value (``bench/stats.py``: exact when both sides have <= 20 sam
 no ties, else normal approximation with tie and continuity corrections).
 
 Direction: ``higher_is_better`` in the file, either a map ``{metric: bool}`` or a bool
-for the ``primary_metric``; else by name: ``_ms``, ``_s``, ``latency``, ``ttft``, ``tpot``,
-``itl`` are lower-is-better, everything else (``throughput``, ``tok_s``, ``speedup``,
-``tokens_per_second``, ...) higher-is-better.
+for the ``primary_metric``; else by name: a name containing ``throughput``, ``tok_s``,
+``per_second`` or ``speedup`` is higher-is-better; else ``_ms``, ``_s`` (suffixes),
+``latency``, ``ttft``, ``tpot``, ``itl`` are lower-is-better; anything else higher-is-better.
 
 Thresholds: ``bench/thresholds.toml`` (``[default] threshold`` = 0.05, ``[metrics]
 name = fraction``; ``--thresholds FILE`` for another). A change is a **regression** when
@@ -56,6 +56,8 @@ MIN_SAMPLES = 3
 MACHINE_FIELDS = ("cpu_model", "cpu_flags", "cores")
 LOWER_IS_BETTER_SUFFIXES = ("_ms", "_s")
 LOWER_IS_BETTER_WORDS = ("latency", "ttft", "tpot", "itl")
+#: Checked first: ``tok_s`` ends with ``_s`` but is a rate.
+HIGHER_IS_BETTER_WORDS = ("throughput", "tok_s", "per_second", "speedup")
 
 
 class InvalidInput(Exception):
@@ -107,6 +109,8 @@ def higher_is_better(metric: str, doc: dict) -> bool:
     if isinstance(declared, bool) and metric == doc.get("primary_metric"):
         return declared
     name = metric.lower()
+    if any(w in name for w in HIGHER_IS_BETTER_WORDS):
+        return True
     if name.endswith(LOWER_IS_BETTER_SUFFIXES) or any(w in name for w in LOWER_IS_BETTER_WORDS):
         return False
     return True
