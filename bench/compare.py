@@ -7,7 +7,9 @@ results of BASE and HEAD are matched on their whole configuration (``--ignore FI
 drops a field from it). Every other number is a *measurement*, and its raw samples are:
 
 1. the list ``<metric>_samples`` if present (``planner_ms_samples`` -> ``planner_ms``);
-2. else, for the file's ``primary_metric``, the list ``samples``;
+2. else the list ``samples``, which belongs to the file's ``primary_metric`` when the
+   result has that field, otherwise to the result's first float field (``bench moe``'s
+   decode rows: ``tokens_per_second``);
 3. else the metric's own value: a list of numbers is the samples, a single float is ONE
    sample (too few to decide; a median stored next to its ``samples`` is not re-counted).
 
@@ -116,12 +118,20 @@ def higher_is_better(metric: str, doc: dict) -> bool:
     return True
 
 
+def samples_owner(result: dict, doc: dict) -> str | None:
+    """The metric a result's generic ``samples`` list belongs to (module docstring)."""
+    primary = doc.get("primary_metric")
+    if primary in result:
+        return primary
+    return next((k for k, v in result.items() if isinstance(v, float)), primary)
+
+
 def samples_of(result: dict, metric: str, doc: dict) -> list[float] | None:
     """The raw samples of ``metric`` in one result (module docstring), None if absent."""
     own = result.get(f"{metric}_samples")
     if _is_samples(own):
         return [float(x) for x in own]
-    if metric == doc.get("primary_metric") and _is_samples(result.get("samples")):
+    if metric == samples_owner(result, doc) and _is_samples(result.get("samples")):
         return [float(x) for x in result["samples"]]
     value = result.get(metric)
     if _is_samples(value):
@@ -136,8 +146,8 @@ def metrics_of(result: dict, doc: dict) -> dict[str, bool]:
     out: dict[str, bool] = {}
     for k, v in result.items():
         if k == "samples":
-            if doc.get("primary_metric"):
-                out[doc["primary_metric"]] = True
+            if _is_samples(v) and samples_owner(result, doc):
+                out[samples_owner(result, doc)] = True
         elif k.endswith("_samples") and _is_samples(v):
             out[k.removesuffix("_samples")] = True
         elif _is_samples(v):

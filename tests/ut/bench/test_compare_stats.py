@@ -191,6 +191,15 @@ def test_metric_samples_list_and_latency_direction(tmp_path, capsys):
     assert _run(tmp_path, base, head, "--metric", "latency_ms") == 1
 
 
+def test_generic_samples_belong_to_the_rows_own_metric():
+    doc = {"benchmark": "moe", "primary_metric": "latency_ms", "results": []}
+    layer = {"part": "layer", "latency_ms": 2.0, "samples": [2.0, 2.1, 1.9]}
+    decode = {"part": "decode", "tokens_per_second": 50.0, "samples": [50.0, 51.0, 49.0]}
+    assert compare.samples_of(layer, "latency_ms", doc) == [2.0, 2.1, 1.9]
+    assert compare.samples_of(decode, "tokens_per_second", doc) == [50.0, 51.0, 49.0]
+    assert compare.metrics_of(decode, doc) == {"tokens_per_second": True}
+
+
 def _error(tmp_path, capsys, base, head, *flags) -> str:
     assert _run(tmp_path, base, head, *flags) == 2
     err = capsys.readouterr().err.strip()
