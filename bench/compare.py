@@ -267,8 +267,8 @@ def compare(base: dict, head: dict, *, metrics: list[str] | None = None,
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| configuration | metric | base median | head median | ratio | 95% CI | p | verdict |",
-             "|---|---|---:|---:|---:|---|---:|---|"]
+    lines = ["| configuration | metric | base median | head median | ratio | 95% CI | p "
+             "| verdict |", "|---|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
         v = f"**{r['verdict']}**" if r["verdict"] == "regression" else r["verdict"]
         lines.append(f"| {r['configuration']} | {r['metric']} | {r['base_median']:.4g} | "

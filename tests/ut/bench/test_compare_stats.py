@@ -268,3 +268,25 @@ def test_fingerprint_version_difference_printed_not_refused(tmp_path, capsys):
     assert _run(tmp_path, _doc(BASE, fingerprint=FP), _doc(BASE, fingerprint=other)) == 0
     out = capsys.readouterr().out
     assert "git_commit" in out and "torch_version" in out and "forced" not in out
+
+
+def test_exit_2_no_metric_at_all(tmp_path, capsys):
+    bare = {"benchmark": "decode", "results": [{"backend": "plugin"}]}
+    assert "no common metric" in _error(tmp_path, capsys, bare, bare)
+
+
+def test_exit_2_unreadable_thresholds(tmp_path, capsys):
+    err = _error(tmp_path, capsys, _doc(BASE), _doc(BASE),
+                 "--thresholds", str(tmp_path / "missing.toml"))
+    assert "cannot read thresholds file" in err and "missing.toml" in err
+
+
+def test_python_m_bench_compare_entry_point(tmp_path, capsys):
+    from bench.__main__ import main
+
+    base, head = tmp_path / "b.json", tmp_path / "h.json"
+    base.write_text(json.dumps(_doc(BASE)))
+    head.write_text(json.dumps(_doc([x * 0.8 for x in BASE])))
+    assert main(["compare", str(base), str(head)]) == 1
+    assert main(["compare", str(base), str(base)]) == 0
+    assert "tokens_per_second" in capsys.readouterr().out
