@@ -5,7 +5,7 @@
   plugin (fp32 vs W8A8_DYNAMIC vs W4A8_DYNAMIC) against the memory-bandwidth floor;
 - ``python -m bench eplb``: EPLB placement policies on trace-driven expert loads (balancedness,
   slots moved, planner time);
-- ``python -m bench compare OLD.json NEW.json``: change between two result files.
+- ``python -m bench compare BASE.json HEAD.json``: regression, improvement or noise per metric.
 
 Results are JSON files (default ``bench/results/``, gitignored); see docs/benchmarks.md.
 """
