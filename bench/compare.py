@@ -54,7 +54,9 @@ from bench import stats
 THRESHOLDS_FILE = Path(__file__).resolve().parent / "thresholds.toml"
 DEFAULT_THRESHOLD = 0.05
 ALPHA = 0.05
-MIN_SAMPLES = 3
+# With 3 samples per side even fully separated runs give an exact two-sided Mann-Whitney
+# p of 2/20 = 0.1, so nothing could ever be significant at ALPHA; 4 per side reach 2/70.
+MIN_SAMPLES = 4
 MACHINE_FIELDS = ("cpu_model", "cpu_flags", "cores")
 LOWER_IS_BETTER_SUFFIXES = ("_ms", "_s")
 LOWER_IS_BETTER_WORDS = ("latency", "ttft", "tpot", "itl")

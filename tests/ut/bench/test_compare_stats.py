@@ -236,7 +236,7 @@ def test_exit_2_no_common_metric(tmp_path, capsys):
 def test_exit_2_too_few_samples(tmp_path, capsys):
     err = _error(tmp_path, capsys, _doc([100.0, 101.0]), _doc(BASE))
     assert "too few samples" in err and "tokens_per_second" in err
-    assert "has 2 in" in err and "need at least 3" in err
+    assert "has 2 in" in err and "need at least 4" in err
 
 
 def test_single_float_is_one_sample(tmp_path, capsys):
