@@ -1,6 +1,8 @@
 """Every reference op has torch_npu's exact Python signature.
 
-The source of truth is shared/reference/torch_npu_schemas.txt.
+The source of truth is shared/reference/torch_npu_schemas.txt; ``data/`` holds a copy so
+the test runs in a clone alone (CI), and ``test_schema_copy_matches_shared`` catches drift
+where the shared dir is present.
 
 Checks parameter names, order, the keyword-only boundary and default values against the
 schema (any overload may match), that every reference op has a schema, that the ops the
@@ -49,10 +51,18 @@ _NO_DEFAULT = object()
 KW_ONLY, POSITIONAL = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
-def schema_path() -> Path:
+SCHEMA_COPY = Path(__file__).resolve().parent / "data" / "torch_npu_schemas.txt"
+
+
+def shared_schema_path() -> Path:
     override = os.environ.get(SHARED_ENV)
     shared = Path(override) if override else Path(__file__).resolve().parents[4] / "shared"
     return shared / "reference" / "torch_npu_schemas.txt"
+
+
+def schema_path() -> Path:
+    """The shared file when ``VLLM_ASCEND_SHARED_DIR`` names one, else the repo's copy."""
+    return shared_schema_path() if os.environ.get(SHARED_ENV) else SCHEMA_COPY
 
 
 @dataclass(frozen=True)
@@ -123,10 +133,7 @@ def load_schemas() -> dict[str, list[list[Param]]]:
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, list[list[Param]]]:
     path = schema_path()
-    if not path.is_file():
-        pytest.skip(
-            f"torch_npu schema file not found at {path} (set {SHARED_ENV} to the shared dir)"
-        )
+    assert path.is_file(), f"torch_npu schema file not found at {path}"
     return load_schemas()
 
 
@@ -240,4 +247,15 @@ def test_schema_path_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv(SHARED_ENV, str(tmp_path))
     assert schema_path() == tmp_path / "reference" / "torch_npu_schemas.txt"
     monkeypatch.delenv(SHARED_ENV)
-    assert schema_path().parts[-3:] == ("shared", "reference", "torch_npu_schemas.txt")
+    assert schema_path() == SCHEMA_COPY
+    assert shared_schema_path().parts[-3:] == ("shared", "reference", "torch_npu_schemas.txt")
+
+
+def test_schema_copy_matches_shared(monkeypatch):
+    monkeypatch.delenv(SHARED_ENV, raising=False)
+    shared = shared_schema_path()
+    if not shared.is_file():
+        pytest.skip(f"no shared dir next to the clone ({shared}): the copy is all there is")
+    assert SCHEMA_COPY.read_text() == shared.read_text(), (
+        f"{SCHEMA_COPY} differs from {shared}: copy the shared file over it"
+    )
