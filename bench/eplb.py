@@ -6,8 +6,9 @@ Per-step loads come from the traces (default: every ``*.json`` in ``../shared/ep
 relative to the repository root) with drift, jitter, hot bursts and a workload switch
 halfway (see ``bench/eplb_loads.py``). For each shape (experts, EP ranks, slots) and
 policy, the simulation keeps the placement in force; every ``--step-interval`` steps the
-policy re-plans from the last ``--window`` steps' summed loads (``current`` = the placement
-in force); balancedness (mean over layers of mean/max rank load) is measured on each
+policy re-plans from the last ``--window`` steps' loads (``current`` = the placement in
+force), estimated as serving does (``--load-estimate``: the window's per-expert trend a
+quarter interval ahead, or its sum); balancedness (mean over layers of mean/max rank load) is measured on each
 following step's loads. ``no-eplb`` (E slots round-robin, never changed) is the floor;
 ``vllm-deepseek`` is vLLM 0.32's ``DefaultEplbPolicy`` (global, with its slot-preserving
 pass) on the same loads.
@@ -83,6 +84,7 @@ def _network_slots(old: np.ndarray, new: np.ndarray, num_experts: int, num_ranks
 
 def simulate(policy: str, loads: np.ndarray, num_ranks: int, redundant: int, args) -> dict:
     """One policy on one shape: ``loads`` ``(steps, L, E)`` -> raw samples."""
+    from vllm_ascend.eplb.forecast import estimate_loads, horizon_for
     from vllm_ascend.eplb.metrics import balancedness
     from vllm_ascend.eplb.placement import round_robin_placement, validate_placement
 
@@ -95,7 +97,8 @@ def simulate(policy: str, loads: np.ndarray, num_ranks: int, redundant: int, arg
     first = args.window
     for t in range(first, steps):
         if plan is not None and (t - first) % args.step_interval == 0:
-            window = loads[t - args.window:t].sum(axis=0, dtype=np.float64)
+            window = estimate_loads(loads[t - args.window:t], args.load_estimate,
+                                    horizon_for(args.step_interval))
             times, cpu = [], []
             for _ in range(args.timing_repeats):
                 start, start_cpu = time.perf_counter(), time.thread_time()
@@ -296,6 +299,7 @@ def run(args) -> int:
         "traces": [str(p) for p in traces], "moe_layers": moe_layers.tolist(),
         "config": {"steps": args.steps, "switch_step": args.switch_step,
                    "step_interval": args.step_interval, "window": args.window,
+                   "load_estimate": args.load_estimate,
                    "tokens_per_step": args.tokens_per_step, "top_k": cfg.top_k,
                    "seed": args.seed, "load_model": cfg.__dict__},
         "expert_bytes": EXPERT_BYTES, "default_policy": DEFAULT_POLICY,
@@ -333,6 +337,13 @@ def add_parser(sub) -> None:
     p.add_argument("--switch-step", type=int, default=300, help="workload switch (300)")
     p.add_argument("--step-interval", type=int, default=20, help="steps between rebalances (20)")
     p.add_argument("--window", type=int, default=20, help="steps of loads a rebalance sees (20)")
+    from vllm_ascend.eplb.config import EplbConfig
+    from vllm_ascend.eplb.forecast import ESTIMATES
+
+    default_estimate = EplbConfig().load_estimate
+    p.add_argument("--load-estimate", choices=ESTIMATES, default=default_estimate,
+                   help=f"what a rebalance plans for, from its window (eplb/forecast.py; the "
+                   f"serving default: {default_estimate})")
     defaults = LoadConfig()
     p.add_argument("--tokens-per-step", type=int, default=defaults.tokens_per_step,
                    help=f"tokens per step ({defaults.tokens_per_step}: one load-recording "

@@ -50,6 +50,9 @@ class EplbConfig:
     mode: str = "layerwise"
     #: seconds a layer's transfer may take before it is abandoned (layer keeps its weights)
     transfer_timeout_s: float = 30.0
+    #: the load a rebalance plans for (``eplb/forecast.py``): "trend" (the window's
+    #: per-expert linear trend, a quarter interval ahead) or "window" (its sum, as vLLM)
+    load_estimate: str = "trend"
 
     @property
     def policy_name(self) -> str:
@@ -116,6 +119,10 @@ def parse_eplb_config(section: Any) -> EplbConfig:
         out["collect"] = _choice("collect", v["collect"], COLLECT)
     if "mode" in v:
         out["mode"] = _choice("mode", v["mode"], MODES)
+    if "load_estimate" in v:
+        from vllm_ascend.eplb.forecast import ESTIMATES
+
+        out["load_estimate"] = _choice("load_estimate", v["load_estimate"], ESTIMATES)
     for name in ("expert_map_path", "record_path"):
         if name in v:
             out[name] = _path(name, v[name])

@@ -4,8 +4,9 @@ The grouped matmul's group sizes after dispatch (``group_list``: rows per local 
 slot) are the tokens each slot computed: what the rank really did, replicas included.
 Each step they are added, by the slot's logical expert, into row ``step % window`` of a
 preallocated ``(window, L, E)`` tensor (``index_add_``: a device op, nothing read back).
-At a rebalance interval :meth:`LoadRecorder.gather` sums the window and all-gathers it
-over the EP ranks: the only collective, once per interval.
+At a rebalance interval :meth:`LoadRecorder.gather` weighs the window's rows into the load
+estimate (``eplb/forecast.py``: their sum, or a trend) and all-gathers it over the EP
+ranks: the only collective, once per interval.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vllm_ascend.eplb.forecast import window_weights
 from vllm_ascend.eplb.slots import LayerSlots
 
 
@@ -30,6 +32,9 @@ class LoadRecorder:
         self.row = 0
         self.active = False
         self.steps_recorded = 0
+        # Host-side bookkeeping (no device read): the step each row holds, if recorded.
+        self.row_step = np.full(window, -1, dtype=np.int64)
+        self.row_recorded = np.zeros(window, dtype=bool)
 
     def begin_step(self, step: int, record: bool) -> None:
         """Start step ``step``: its row is cleared (so the window forgets it) and filled
@@ -37,6 +42,8 @@ class LoadRecorder:
         self.row = step % self.window
         self.loads[self.row].zero_()
         self.rank_tokens[self.row].zero_()
+        self.row_step[self.row] = step
+        self.row_recorded[self.row] = record
         self.active = record
         self.steps_recorded += int(record)
 
@@ -51,15 +58,29 @@ class LoadRecorder:
         self.loads[self.row, layer_pos].index_add_(0, slots.local_logical, counts)
         self.rank_tokens[self.row, layer_pos] += counts.sum()
 
-    def gather(self, group, ep_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def weights(self, estimate: str, horizon: float) -> np.ndarray:
+        """``(window,)`` float64 weight of each row in the load estimate (0: not recorded)."""
+        out = np.zeros(self.window)
+        rows = np.nonzero(self.row_recorded)[0]
+        if rows.size:
+            ages = self.row_step[rows].max() - self.row_step[rows]
+            out[rows] = window_weights(ages, estimate, horizon)
+        return out
+
+    def gather(self, group, ep_size: int, estimate: str = "window",
+               horizon: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """The window over all EP ranks: ``(loads (L, E) float64, rank_tokens (W, L))``.
 
-        One all-gather of this rank's window sums over ``group``.
+        ``loads`` is the ``estimate`` (``eplb/forecast.py``) of the window, clipped at 0;
+        ``rank_tokens`` the window's sum per rank. One all-gather over ``group``.
         """
-        local = torch.cat([self.loads.sum(0).reshape(-1), self.rank_tokens.sum(0)])
+        w = torch.from_numpy(self.weights(estimate, horizon)).to(self.loads.device)
+        est = torch.tensordot(w, self.loads.to(torch.float64), dims=1)
+        local = torch.cat([est.reshape(-1), self.rank_tokens.sum(0).to(torch.float64)])
         out = [torch.empty_like(local) for _ in range(ep_size)]
         dist.all_gather(out, local, group=group)
         stacked = torch.stack(out).cpu().numpy()  # (W, L*E + L)
         num_layers, num_experts = self.loads.shape[1:]
         loads = stacked[:, :num_layers * num_experts].sum(0).reshape(num_layers, num_experts)
-        return loads.astype(np.float64), stacked[:, num_layers * num_experts:]
+        rank_tokens = stacked[:, num_layers * num_experts:].astype(np.int64)
+        return np.maximum(loads, 0.0), rank_tokens

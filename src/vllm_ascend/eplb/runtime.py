@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from vllm_ascend.eplb.config import EplbConfig, check_against_model, eplb_config_from
+from vllm_ascend.eplb.forecast import horizon_for
 from vllm_ascend.eplb.mover import ExpertMover, LayerMove
 from vllm_ascend.eplb.placement import validate_placement
 from vllm_ascend.eplb.planner import PlannerProcess, PlanRequest, PlanResult
@@ -200,7 +201,9 @@ class EplbRuntime:
         if self.mover.broken:
             self.disable(self.mover.broken)
             return
-        loads, rank_tokens = self.recorder.gather(self.group, self.ep_size)
+        loads, rank_tokens = self.recorder.gather(
+            self.group, self.ep_size, self.cfg.load_estimate,
+            horizon_for(self.cfg.step_interval))
         self._log_balancedness(rank_tokens)
         msg = self._planner_turn(loads) if self.planner is not None else None
         box = [msg]

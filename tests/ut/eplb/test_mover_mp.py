@@ -127,6 +127,7 @@ def _worker(rank: int, world: int, port: int, redundant: int, out: str) -> None:
             rec.end_step()
         loads, rank_tokens = rec.gather(group, world)
         result["loads"], result["rank_tokens"] = loads, rank_tokens
+        result["trend"] = rec.gather(group, world, "trend", 2.0)[0]
         dist.barrier()
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - reported to the parent
@@ -188,14 +189,19 @@ def test_fill_move_fail_record(tmp_path, world, redundant):
     # recorder: window 4 keeps steps 2..5 of 0..5, step 2 not recorded
     per = slots_n // world
     placement = [results[0]["failed"][pos]["placement"] for pos in range(len(LAYERS))]
-    want = np.zeros((len(LAYERS), E))
+    per_step = np.zeros((3, len(LAYERS), E))
     want_ranks = np.zeros((world, len(LAYERS)))
-    for step in (3, 4, 5):
+    for i, step in enumerate((3, 4, 5)):
         for rank in range(world):
             counts = np.arange(per) + 10 * rank + step
             for pos in range(len(LAYERS)):
-                np.add.at(want[pos], placement[pos][rank * per:(rank + 1) * per], counts)
+                np.add.at(per_step[i, pos], placement[pos][rank * per:(rank + 1) * per], counts)
                 want_ranks[rank, pos] += counts.sum()
+    want = per_step.sum(axis=0)
+    # trend: the least-squares line through steps 3, 4, 5, 2 steps past step 5, x 3 rows
+    slope, intercept = np.polyfit([3.0, 4.0, 5.0], per_step.reshape(3, -1), 1)
+    trend = np.maximum(3 * (intercept + slope * 7.0), 0).reshape(want.shape)
     for r in results:
         assert np.array_equal(r["loads"], want)
         assert np.array_equal(r["rank_tokens"], want_ranks)
+        np.testing.assert_allclose(r["trend"], trend, rtol=1e-9, atol=1e-6)

@@ -51,7 +51,6 @@ path off.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import weakref
@@ -109,12 +108,10 @@ _onednn: bool | None = None
 @torch.compiler.disable
 def _probe_native() -> bool:
     try:
-        if not torch.cpu._is_avx2_supported():
+        from vllm_ascend.native import load_extension
+
+        if not torch.cpu._is_avx2_supported() or not load_extension():
             return False
-        spec = importlib.util.find_spec("vllm_ascend._C")
-        if spec is None or not spec.origin:
-            return False
-        torch.ops.load_library(spec.origin)
         ns = torch.ops.vllm_ascend
         return all(hasattr(ns, op) for op in ("wq_matmul", "wq_dequant", "dynamic_quant_int8",
                                               "i8_matmul", "a8w4_matmul", "a8w4_pack",

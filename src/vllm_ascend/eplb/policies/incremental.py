@@ -16,6 +16,12 @@ Starting from the placement in force (``current``; without one it is ``deepseek`
 
 Every step is vectorised over layers. Cost: O(C * L * E) for ``C`` count changes, O(F * L * W) to
 place ``F`` freed slots, O(I * L * partners * k^2) for ``I`` swap rounds (``k = S / W``).
+
+Two implementations of steps 1-3: this module's numpy code (the reference) and the C++ op
+``vllm_ascend::eplb_incremental`` (``csrc/eplb_incremental.cpp``, the same algorithm layer
+by layer, with the same tie-breaking and summation order), used when ``vllm_ascend._C`` is
+built. The numpy code costs 5-12 ms for 58 layers x 256 experts at EP64 (tens of small numpy
+calls per swap round); the op well under 1 ms. Which one runs is logged once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from vllm_ascend.eplb.policies import register_policy
+from vllm_ascend.logger import logger
 from vllm_ascend.eplb.policies._common import (
     BLOCKED, adjust_counts, check_inputs, counts_of, repair_duplicates)
 from vllm_ascend.eplb.policies.deepseek import deepseek
@@ -31,7 +38,7 @@ from vllm_ascend.eplb.policies.deepseek import deepseek
 @register_policy("incremental")
 def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
                 max_moves: float = 0.25, min_gain: float = 0.0075, partners: int = 8,
-                hysteresis: float = 0.02) -> np.ndarray:
+                hysteresis: float = 0.05, native: bool | None = None) -> np.ndarray:
     """Rebalance ``current`` for ``loads`` moving few slots (module docstring).
 
     Args:
@@ -44,7 +51,10 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
         min_gain: a swap must lower the peak rank load by this fraction of the mean.
         partners: heavy/light rank pairs balanced per swap round.
         hysteresis: a replica changes expert only when the gainer's share beats the
-            loser's by this fraction (counts stop flapping with noisy loads).
+            loser's by this fraction (counts stop flapping with noisy loads; 0.05 keeps the
+            drift rebalances of ``python -m bench eplb`` under 10 % of slots at EP64).
+        native: True: the C++ op (error if ``vllm_ascend._C`` is not built); False: the
+            numpy reference; None: the op when built.
 
     Returns:
         ``(L, S)`` int64 placement, slot -> logical expert.
@@ -56,14 +66,48 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
         raise ValueError(f"max_moves must be in [0, 1], min_gain >= 0, partners >= 1, "
                          f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
                          f"{hysteresis}")
+    cap = int(max_moves * num_slots)
+    op = _native_op(required=native is True) if native is not False else None
+    if op is not None:
+        import torch
+
+        return op(torch.from_numpy(np.ascontiguousarray(loads)),
+                  torch.from_numpy(np.ascontiguousarray(current)),
+                  num_ranks, cap, min_gain, partners, hysteresis, MAX_COUNT_STEPS).numpy()
     num_experts = loads.shape[1]
     have = counts_of(current, num_experts)
-    target = adjust_counts(loads, have, num_ranks, hysteresis, max_steps=8)
+    target = adjust_counts(loads, have, num_ranks, hysteresis, max_steps=MAX_COUNT_STEPS)
     placement, slot_w = _reassign(loads, current, have, target, num_ranks)
     repair_duplicates(placement, slot_w, num_ranks)
-    _swap_search(placement, slot_w, current, num_ranks, cap=int(max_moves * num_slots),
-                 min_gain=min_gain, partners=partners)
+    _swap_search(placement, slot_w, current, num_ranks, cap=cap, min_gain=min_gain,
+                 partners=partners)
     return placement
+
+
+#: Replica-count moves per layer before its counts are re-derived from scratch.
+MAX_COUNT_STEPS = 8
+_op = None
+_probed = False
+
+
+def _native_op(required: bool):
+    """``torch.ops.vllm_ascend.eplb_incremental``, or None (the numpy reference) when
+    ``vllm_ascend._C`` is not built; probed and logged once per process."""
+    global _op, _probed
+    if not _probed:
+        _probed = True
+        from vllm_ascend.native import load_extension
+
+        if load_extension():
+            import torch
+
+            _op = getattr(torch.ops.vllm_ascend, "eplb_incremental", None)
+        logger.info("EPLB policy 'incremental': %s", "C++ op vllm_ascend::eplb_incremental"
+                    if _op is not None else "numpy reference (vllm_ascend._C is not built)")
+    if _op is None and required:
+        raise RuntimeError("incremental(native=True): vllm_ascend._C with eplb_incremental is "
+                           "not built (pip install --no-build-isolation -e .)")
+    return _op
 
 
 def _reassign(loads: np.ndarray, current: np.ndarray, have: np.ndarray, target: np.ndarray,
@@ -171,7 +215,7 @@ def _swap_search(placement: np.ndarray, slot_w: np.ndarray, current: np.ndarray,
         a = active
         n = a.size
         rl = rank_load[a]
-        order = np.argsort(rl, axis=1)
+        order = np.argsort(rl, axis=1, kind="stable")
         heavy, light = order[:, :-pairs - 1:-1], order[:, :pairs]          # (n, P) each
         ar = np.arange(n)[:, None]
         lh, ll = rl[ar, heavy], rl[ar, light]
