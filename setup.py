@@ -1,4 +1,6 @@
-"""Optional C++ CPU kernels of the reference backend: ``csrc/`` -> ``vllm_ascend._C``.
+"""Optional C++ code: ``csrc/`` -> ``vllm_ascend._C`` (the reference backend's CPU kernels,
+x86, built against torch) and ``vllm_ascend._eplb`` (the EPLB ``incremental`` policy, plain
+C++ with a C ABI loaded through ctypes, no torch: every architecture).
 
 Package metadata lives in pyproject.toml; this file only declares the extension. It is
 compiled against the installed torch, so the install must see that torch: ci/setup.sh runs
@@ -15,27 +17,35 @@ import sys
 from setuptools import setup
 
 
+def _eplb_extension():
+    from setuptools import Extension
+
+    return Extension("vllm_ascend._eplb", ["csrc/eplb_incremental.cpp"], language="c++",
+                     extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off",
+                                         "-fno-fast-math"])
+
+
 def _extensions():
     if os.environ.get("VLLM_ASCEND_SKIP_CSRC", "") in ("1", "true", "yes"):
         return [], {}
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return [], {}  # the kernels are x86 (AVX2/AVX-512) only
+        return [_eplb_extension()], {}  # the torch kernels are x86 (AVX2/AVX-512) only
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         print("vllm-ascend: torch is not importable at build time; building without the C++ "
               "CPU kernels (use pip install --no-build-isolation)", file=sys.stderr)
-        return [], {}
+        return [_eplb_extension()], {}
     ext = CppExtension(
         "vllm_ascend._C",
         ["csrc/cpu_kernels.cpp", "csrc/a8w4_kernels.cpp", "csrc/onednn_int8.cpp",
-         "csrc/grouped_matmul.cpp", "csrc/eplb_incremental.cpp"],
+         "csrc/grouped_matmul.cpp"],
         # No FMA contraction and no fast-math: dynamic_quant_int8 must round exactly like
         # the torch ops it mirrors. AVX2/AVX-512 code is enabled per function in the source.
         extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math",
                             "-Wno-maybe-uninitialized"],  # GCC 12 false positive (AVX-512)
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+    return [ext, _eplb_extension()], {"build_ext": BuildExtension.with_options(use_ninja=False)}
 
 
 _ext_modules, _cmdclass = _extensions()

@@ -1,13 +1,19 @@
 // eplb_incremental: the `incremental` EPLB policy's rebalance step (a placement in force ->
 // a new one that moves few slots), the same algorithm as the numpy reference in
-// src/vllm_ascend/eplb/policies/incremental.py, one layer at a time:
+// src/vllm_ascend/eplb/policies/incremental.py, one layer at a time. A plain C ABI, no torch:
+// it is built as its own small library (vllm_ascend._eplb, setup.py, on every architecture)
+// and called through ctypes from the planner process, which imports numpy only.
 //
-//   eplb_incremental(Tensor loads, Tensor current, int num_ranks, int cap, float min_gain,
-//                    int partners, float hysteresis, int max_count_steps) -> Tensor
+//   int eplb_incremental(const double* loads, const int64_t* current, int64_t L, int64_t E,
+//                        int64_t S, int64_t num_ranks, int64_t cap, double min_gain,
+//                        int64_t partners, double hysteresis, int64_t max_count_steps,
+//                        int64_t* out)
 //
-// loads (L, E) float64 tokens per logical expert; current (L, S) int64 placement in force
-// (valid: every expert present, no expert twice on a rank; Python checks it); cap = the most
-// slots of a layer the swap search may leave differing from current. Returns (L, S) int64.
+// loads (L, E) float64 C-contiguous tokens per logical expert; current (L, S) int64 placement
+// in force (valid: every expert present, no expert twice on a rank; Python checks it); cap =
+// the most slots of a layer the swap search may leave differing from current; out (L, S)
+// int64. Returns 0, or -1 for bad sizes / an expert id out of range, or 1 + l when layer l
+// has a duplicate it cannot repair (more replicas than ranks).
 //
 // Steps (incremental.py's docstring): replica counts re-decided from `current`'s
 // (adjust_counts, hysteresis, from scratch after max_count_steps moves), slots kept /
@@ -17,9 +23,6 @@
 // order, so for inputs without exact ties the two give the same placement. Why C++: the
 // reference is ~40 small numpy calls per swap round and takes 5-12 ms for 58 layers x 256
 // experts at EP64; the planner target is 5 ms.
-
-#include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -317,45 +320,24 @@ struct Layer {
   }
 };
 
-at::Tensor eplb_incremental_cpu(const at::Tensor& loads, const at::Tensor& current,
-                                int64_t num_ranks, int64_t cap, double min_gain,
-                                int64_t partners, double hysteresis, int64_t max_count_steps) {
-  TORCH_CHECK_VALUE(loads.dim() == 2 && loads.scalar_type() == at::kDouble,
-                    "eplb_incremental: loads must be (L, E) float64");
-  TORCH_CHECK_VALUE(current.dim() == 2 && current.scalar_type() == at::kLong &&
-                        current.size(0) == loads.size(0),
-                    "eplb_incremental: current must be (L, S) int64 with L = loads.size(0)");
-  const at::Tensor w = loads.contiguous(), c = current.contiguous();
-  const int64_t L = w.size(0), E = w.size(1), S = c.size(1);
-  TORCH_CHECK_VALUE(num_ranks >= 1 && S % num_ranks == 0 && S >= E,
-                    "eplb_incremental: num_slots must be a multiple of num_ranks and >= E");
-  at::Tensor out = at::empty_like(c);
-  const double* wp = w.data_ptr<double>();
-  const int64_t* cp = c.data_ptr<int64_t>();
-  int64_t* op = out.data_ptr<int64_t>();
+}  // namespace
+
+extern "C" int eplb_incremental(const double* loads, const int64_t* current, int64_t L,
+                                int64_t E, int64_t S, int64_t num_ranks, int64_t cap,
+                                double min_gain, int64_t partners, double hysteresis,
+                                int64_t max_count_steps, int64_t* out) {
+  if (L < 0 || E < 1 || num_ranks < 1 || S % num_ranks != 0 || S < E) return -1;
   for (int64_t l = 0; l < L; ++l) {
-    Layer layer{E, S, num_ranks, S / num_ranks, wp + l * E, cp + l * S, op + l * S, {}};
+    Layer layer{E, S, num_ranks, S / num_ranks, loads + l * E, current + l * S, out + l * S, {}};
     std::vector<int64_t> have(E, 0);
     for (int64_t s = 0; s < S; ++s) {
-      TORCH_CHECK_VALUE(layer.cur[s] >= 0 && layer.cur[s] < E,
-                        "eplb_incremental: current holds expert ", layer.cur[s],
-                        " outside [0, ", E, ") in layer ", l);
+      if (layer.cur[s] < 0 || layer.cur[s] >= E) return -1;
       have[layer.cur[s]] += 1;
     }
     const std::vector<int64_t> target = layer.adjust_counts(have, hysteresis, max_count_steps);
     layer.reassign(have, target);
-    TORCH_CHECK(layer.repair_duplicates(), "eplb_incremental: cannot repair a duplicate expert "
-                "in layer ", l, ": more replicas than ranks");
+    if (!layer.repair_duplicates()) return static_cast<int>(1 + l);
     layer.swap_search(cap, min_gain, partners);
   }
-  return out;
+  return 0;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(vllm_ascend, m) {
-  m.def("eplb_incremental(Tensor loads, Tensor current, int num_ranks, int cap, "
-        "float min_gain, int partners, float hysteresis, int max_count_steps) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(vllm_ascend, CPU, m) { m.impl("eplb_incremental", &eplb_incremental_cpu); }

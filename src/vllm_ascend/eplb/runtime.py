@@ -22,6 +22,7 @@ planner and moves every layer at once, blocking the step.
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -206,14 +207,28 @@ class EplbRuntime:
             horizon_for(self.cfg.step_interval))
         self._log_balancedness(rank_tokens)
         msg = self._planner_turn(loads) if self.planner is not None else None
-        box = [msg]
-        dist.broadcast_object_list(box, src=dist.get_global_rank(self.group, 0),
-                                   group=self.group)
-        kind, payload = box[0] if box[0] is not None else (None, None)
+        msg = self._share(msg)
+        kind, payload = msg if msg is not None else (None, None)
         if kind == "disable":
             self.disable(payload)
         elif kind == "plan":
             self._accept(payload)
+
+    def _share(self, msg):
+        """EP rank 0's ``msg`` on every EP rank: one 8-byte broadcast when there is none
+        (most intervals), then the pickled message when there is one."""
+        src = dist.get_global_rank(self.group, 0)
+        device = self.recorder.loads.device
+        data = pickle.dumps(msg) if self.ep_rank == 0 and msg is not None else b""
+        size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+        dist.broadcast(size, src=src, group=self.group)
+        n = int(size.item())
+        if n == 0:
+            return None
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+               if self.ep_rank == 0 else torch.empty(n, dtype=torch.uint8, device=device))
+        dist.broadcast(buf, src=src, group=self.group)
+        return msg if self.ep_rank == 0 else pickle.loads(buf.cpu().numpy().tobytes())
 
     def _planner_turn(self, loads: np.ndarray) -> tuple[str, object] | None:
         """EP rank 0: watch the planner, take a finished plan, submit the next request."""

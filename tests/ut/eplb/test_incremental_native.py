@@ -1,7 +1,10 @@
-"""The C++ ``incremental`` (csrc/eplb_incremental.cpp) gives the numpy reference's
+"""The C++ ``incremental`` (csrc/eplb_incremental.cpp, via ctypes) gives the numpy reference's
 placement exactly: same algorithm, same tie-breaking, same summation order."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from vllm_ascend.eplb.policies.deepseek import deepseek
 from vllm_ascend.eplb.policies.incremental import _native_op, incremental
 
 pytestmark = pytest.mark.skipif(_native_op(required=False) is None,
-                                reason="vllm_ascend._C (csrc/) is not built")
+                                reason="vllm_ascend._eplb (csrc/) is not built")
 
 
 def both(loads, num_ranks, num_slots, current, **kw):
@@ -66,3 +69,14 @@ def test_native_true_and_numpy_reference_agree_on_the_default():
     current = deepseek(loads[::-1], 4, 20)
     np.testing.assert_array_equal(incremental(loads, 4, 20, current),
                                   incremental(loads, 4, 20, current, native=False))
+
+
+def test_the_planner_side_loads_without_torch():
+    """The planner process imports numpy only: the C++ policy must not pull torch in."""
+    code = ("import sys, numpy as np; from vllm_ascend.eplb.policies import get_policy; "
+            "p = get_policy('incremental'); w = np.arange(32.0).reshape(2, 16); "
+            "c = p(w, 4, 20); p(w[::-1], 4, 20, c, native=True); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -17,10 +17,10 @@ Starting from the placement in force (``current``; without one it is ``deepseek`
 Every step is vectorised over layers. Cost: O(C * L * E) for ``C`` count changes, O(F * L * W) to
 place ``F`` freed slots, O(I * L * partners * k^2) for ``I`` swap rounds (``k = S / W``).
 
-Two implementations of steps 1-3: this module's numpy code (the reference) and the C++ op
-``vllm_ascend::eplb_incremental`` (``csrc/eplb_incremental.cpp``, the same algorithm layer
-by layer, with the same tie-breaking and summation order), used when ``vllm_ascend._C`` is
-built. The numpy code costs 5-12 ms for 58 layers x 256 experts at EP64 (tens of small numpy
+Two implementations of steps 1-3: this module's numpy code (the reference) and the C++
+function ``eplb_incremental`` (``csrc/eplb_incremental.cpp``, the same algorithm layer by
+layer, with the same tie-breaking and summation order), used when its library
+``vllm_ascend._eplb`` is built (``vllm_ascend.native``). The numpy code costs 5-12 ms for 58 layers x 256 experts at EP64 (tens of small numpy
 calls per swap round); the op well under 1 ms. Which one runs is logged once.
 """
 
@@ -53,8 +53,8 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
         hysteresis: a replica changes expert only when the gainer's share beats the
             loser's by this fraction (counts stop flapping with noisy loads; 0.05 keeps the
             drift rebalances of ``python -m bench eplb`` under 10 % of slots at EP64).
-        native: True: the C++ op (error if ``vllm_ascend._C`` is not built); False: the
-            numpy reference; None: the op when built.
+        native: True: the C++ function (error if ``vllm_ascend._eplb`` is not built);
+            False: the numpy reference; None: the C++ function when built.
 
     Returns:
         ``(L, S)`` int64 placement, slot -> logical expert.
@@ -67,13 +67,17 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
                          f"hysteresis >= 0; got {max_moves}, {min_gain}, {partners}, "
                          f"{hysteresis}")
     cap = int(max_moves * num_slots)
-    op = _native_op(required=native is True) if native is not False else None
-    if op is not None:
-        import torch
-
-        return op(torch.from_numpy(np.ascontiguousarray(loads)),
-                  torch.from_numpy(np.ascontiguousarray(current)),
-                  num_ranks, cap, min_gain, partners, hysteresis, MAX_COUNT_STEPS).numpy()
+    fn = _native_op(required=native is True) if native is not False else None
+    if fn is not None:
+        loads, current = np.ascontiguousarray(loads), np.ascontiguousarray(current)
+        out = np.empty_like(current)
+        status = fn(loads.ctypes.data, current.ctypes.data, *loads.shape, num_slots, num_ranks,
+                    cap, min_gain, partners, hysteresis, MAX_COUNT_STEPS, out.ctypes.data)
+        if status:
+            raise RuntimeError(f"eplb_incremental failed (status {status}): "
+                               + ("bad sizes or expert ids" if status < 0 else
+                                  f"layer {status - 1} holds more replicas than ranks"))
+        return out
     num_experts = loads.shape[1]
     have = counts_of(current, num_experts)
     target = adjust_counts(loads, have, num_ranks, hysteresis, max_steps=MAX_COUNT_STEPS)
@@ -91,22 +95,19 @@ _probed = False
 
 
 def _native_op(required: bool):
-    """``torch.ops.vllm_ascend.eplb_incremental``, or None (the numpy reference) when
-    ``vllm_ascend._C`` is not built; probed and logged once per process."""
+    """The C++ ``eplb_incremental`` (``vllm_ascend.native``), or None (the numpy reference)
+    when ``vllm_ascend._eplb`` is not built; probed and logged once per process."""
     global _op, _probed
     if not _probed:
         _probed = True
-        from vllm_ascend.native import load_extension
+        from vllm_ascend.native import eplb_incremental
 
-        if load_extension():
-            import torch
-
-            _op = getattr(torch.ops.vllm_ascend, "eplb_incremental", None)
-        logger.info("EPLB policy 'incremental': %s", "C++ op vllm_ascend::eplb_incremental"
-                    if _op is not None else "numpy reference (vllm_ascend._C is not built)")
+        _op = eplb_incremental()
+        logger.info("EPLB policy 'incremental': %s", "C++ (vllm_ascend._eplb)"
+                    if _op is not None else "numpy reference (vllm_ascend._eplb is not built)")
     if _op is None and required:
-        raise RuntimeError("incremental(native=True): vllm_ascend._C with eplb_incremental is "
-                           "not built (pip install --no-build-isolation -e .)")
+        raise RuntimeError("incremental(native=True): vllm_ascend._eplb is not built "
+                           "(pip install --no-build-isolation -e .)")
     return _op
 
 
