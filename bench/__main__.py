@@ -1,17 +1,21 @@
-"""``python -m bench <subcommand>``: decode, moe, quant-decode, eplb, eplb-serve (run a
-benchmark), compare (two result files)."""
+"""``bench <subcommand>`` (or ``python -m bench``): decode, quant-decode, moe, eplb,
+eplb-serve, ops (run a benchmark), run (several suites in sequence), compare (two result
+files)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from bench import compare, decode, eplb, eplb_serve, moe, quant_decode
+from bench import compare, decode, eplb, eplb_serve, moe, ops, quant_decode
+from bench import run as run_suites
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    prog = "bench" if os.path.basename(sys.argv[0]) == "bench" else "python -m bench"
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=prog,
         description="vllm-ascend benchmarks (plugin vs vanilla vLLM); see docs/benchmarks.md",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -20,8 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     moe.add_parser(sub)
     eplb.add_parser(sub)
     eplb_serve.add_parser(sub)
+    ops.add_parser(sub)
+    run_suites.add_parser(sub)
     compare.add_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench import REPO_ROOT, RESULTS_DIR, csv_choices, csv_list, git_commit, machine_info, run_logged
+from bench.fingerprint import config_from_args, fingerprint
 
 BACKENDS = ("vanilla", "plugin")
 #: The platform class each backend must run on (checked in the child: no silent fallback).
@@ -236,6 +237,7 @@ def run(args) -> int:
                       for c in children],
         "total_runtime_s": round(time.perf_counter() - t0, 1),
         "results": results, "ratios": ratios,
+        "fingerprint": fingerprint(config_from_args(args)),
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(_table(results, ratios))
@@ -257,7 +259,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="result JSON (default: bench/results/decode-<UTC time>.json)")
     p.add_argument("--batch-sizes", type=csv_list(int), default=[1, 8], help="default 1,8")
     p.add_argument("--output-len", type=int, default=128, help="tokens per request (128)")
-    p.add_argument("--repeats", type=int, default=3, help="timed generates per batch size (3)")
+    p.add_argument("--repeats", type=int, default=4, help="timed generates per batch size (4: `bench compare` needs >= 4 samples)")
     p.add_argument("--rounds", type=int, default=1,
                    help="processes per backend, order alternated ABBA (1; 2 cancels drift)")
     p.add_argument("--which", type=csv_choices(BACKENDS, "backend"), default=list(BACKENDS), help="plugin,vanilla")

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import REPO_ROOT, RESULTS_DIR, csv_choices, csv_list, git_commit, machine_info
+from bench.fingerprint import config_from_args, fingerprint
 from bench.eplb_loads import LoadConfig, fold, popularity, read_trace, step_loads
 
 #: DeepSeek-V3 routed expert in W8A8: gate, up (7168 -> 2048 each) and down (2048 -> 7168)
@@ -283,9 +284,11 @@ def run(args) -> int:
             start = time.perf_counter()
             raw = simulate(policy, loads, num_ranks, redundant, args)
             summary = summarize(raw, args)
-            results.append({"shape": shape, "policy": policy, "num_experts": num_experts,
-                            "num_ranks": num_ranks, "num_slots": raw["num_slots"],
-                            "summary": summary, "raw": raw})
+            row = {"shape": shape, "policy": policy, "num_experts": num_experts,
+                   "num_ranks": num_ranks, "num_slots": raw["num_slots"]}
+            if raw["rebalances"]:  # top level, where `bench compare` looks for samples
+                row["planner_ms_samples"] = [r["planner_ms"] for r in raw["rebalances"]]
+            results.append(row | {"summary": summary, "raw": raw})
             _log(f"{shape} {policy}: balancedness {summary['balancedness_mean']:.4f}, "
                  f"{len(raw['rebalances'])} rebalances, planner p50 "
                  f"{summary['planner_ms_p50']} ms ({time.perf_counter() - start:.0f} s)")
@@ -306,6 +309,7 @@ def run(args) -> int:
         "primary_metric": "balancedness_mean", "higher_is_better": True,
         "total_runtime_s": round(time.perf_counter() - t0, 1),
         "results": results, "targets": targets,
+        "fingerprint": fingerprint(config_from_args(args)),
     }
     out.write_text(json.dumps(doc) + "\n")
     _plot(results, out.with_suffix(".png"), args.switch_step)

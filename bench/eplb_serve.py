@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import REPO_ROOT, RESULTS_DIR, csv_choices, git_commit, machine_info, run_logged
+from bench.fingerprint import config_from_args, fingerprint
 
 MODES = ("off", "layerwise", "stop_the_world")
 HOT = {"qwen3_moe": 3, "deepseek_v3": 8}
@@ -148,11 +149,18 @@ def run(args) -> int:
         if base is not None:
             m["p50_vs_off"] = m["p50_itl_ms"] / base["p50_itl_ms"]
             m["p99_vs_off"] = m["p99_itl_ms"] / base["p99_itl_ms"]
-    result = {"suite": "eplb-serve", "commit": git_commit(), "machine": machine_info(),
+    result = {"benchmark": "eplb-serve", "commit": git_commit(), "machine": machine_info(),
               "config": {"arch": args.arch, "batch": args.batch, "output_len": args.output_len,
                          "warmup": args.warmup, "repeats": args.repeats, "layout": "TP2+EP",
                          "eplb": eplb},
-              "modes": modes}
+              "primary_metric": "itl_ms", "higher_is_better": False,
+              # per mode: every decode step's latency is a sample (`bench compare`)
+              "results": [{"mode": name, "p50_itl_ms": m["p50_itl_ms"],
+                           "p99_itl_ms": m["p99_itl_ms"],
+                           "itl_ms_samples": m["step_latencies_ms"]}
+                          for name, m in modes.items()],
+              "modes": modes,
+              "fingerprint": fingerprint(config_from_args(args))}
     out.write_text(json.dumps(result, indent=1))
     print(f"{'mode':<16}{'steps':>6}{'p50 ms':>9}{'p99 ms':>9}{'mean':>8}{'p50/off':>9}"
           f"{'p99/off':>9}{'repeat p50s':>22}{'moves':>7}{'move-step ms':>13}")

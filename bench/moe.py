@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench import REPO_ROOT, RESULTS_DIR, csv_choices, csv_list, git_commit, machine_info
+from bench.fingerprint import config_from_args, fingerprint
 from bench.decode import PROMPTS, _log, _median
 
 PARTS = ("comm", "layer", "decode")
@@ -359,6 +360,7 @@ def run(args) -> int:
         "primary_metric": "latency_ms", "higher_is_better": False,
         "total_runtime_s": round(time.perf_counter() - t0, 1),
         "results": rows, "ratios": ratios, **extra,
+        "fingerprint": fingerprint(config_from_args(args)),
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(_table(rows))
@@ -389,7 +391,8 @@ def add_parser(sub) -> None:
     p.add_argument("--experts", type=int, default=32)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--iters", type=int, default=10, help="forwards per timed sample (10)")
-    p.add_argument("--repeats", type=int, default=3, help="timed samples per configuration (3)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed samples per configuration (5; `bench compare` needs >= 4)")
     p.add_argument("--batch-sizes", type=csv_list(int), default=[1, 4], help="decode (1,4)")
     p.add_argument("--output-len", type=int, default=64, help="decode tokens per request (64)")
     p.add_argument("--compiled", action="store_true", help="decode with torch.compile (slow start)")

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench import REPO_ROOT, RESULTS_DIR, csv_list, git_commit, machine_info, run_logged
+from bench.fingerprint import config_from_args, fingerprint
 
 DEFAULT_SCHEMES = ["fp32", "W8A8_DYNAMIC", "W4A8_DYNAMIC"]
 FP32 = "fp32"
@@ -154,6 +155,7 @@ def run(args) -> int:
                       for s, c in children.items()],
         "total_runtime_s": round(time.perf_counter() - t0, 1),
         "results": results,
+        "fingerprint": fingerprint(config_from_args(args)),
     }
     for k in ("vllm_version", "torch_version", "plugin_version"):
         doc[k] = next((c[k] for c in children.values() if k in c), None)
@@ -232,7 +234,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="result JSON (default: bench/results/quant-decode-<time>.json)")
     p.add_argument("--batch-sizes", type=csv_list(int), default=[1, 8], help="default 1,8")
     p.add_argument("--output-len", type=int, default=128, help="tokens per request (128)")
-    p.add_argument("--repeats", type=int, default=3, help="timed generates per batch size (3)")
+    p.add_argument("--repeats", type=int, default=4, help="timed generates per batch size (4: `bench compare` needs >= 4 samples)")
     p.add_argument("--model", help="fp32 source checkpoint (default: the prepared SmolLM2)")
     p.add_argument("--group-size", type=int, default=None,
                    help="W4 group size (default: the quantizer's: 256, or the largest power of "
