@@ -77,7 +77,7 @@ def run(tiny, tmp_path_factory):
                    *flags]
             if eplb is not None:
                 cmd += ["--additional-config", json.dumps({"ascend": {"eplb": eplb}})]
-            proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**TWO_RANKS_BIND, **env),
+            proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**{**TWO_RANKS_BIND, **env}),
                                   capture_output=True, text=True, timeout=1500)
             log = proc.stdout + proc.stderr  # vLLM logs to stdout
             if not expect_ok:
