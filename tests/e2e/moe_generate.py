@@ -14,6 +14,8 @@ the runner / quant-method class names of the MoE layers (rank 0).
 
 On this machine vLLM CPU needs one ``VLLM_CPU_OMP_THREADS_BIND`` core list per local rank;
 for 2 ranks the callers pass ``0|1`` (TP: per TP rank; DP: rank r takes the r-th entry).
+With DP x TP vLLM gives DP rank r the entries ``[r * TP, (r + 1) * TP)``, so the list needs
+DP * TP entries (``0|1|0|1`` for DP2 x TP2).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def run(tiny, tmp_path_factory):
                    *flags]
             if eplb is not None:
                 cmd += ["--additional-config", json.dumps({"ascend": {"eplb": eplb}})]
-            proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**TWO_RANKS_BIND, **env),
+            proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**{**TWO_RANKS_BIND, **env}),
                                   capture_output=True, text=True, timeout=1500)
             log = proc.stdout + proc.stderr  # vLLM logs to stdout
             if not expect_ok:
@@ -159,7 +159,9 @@ def test_layouts_keep_tokens_while_experts_move(run, model, name, flags, ranks):
 @pytest.mark.slow
 def test_ep4(run):
     flags = ["--eager", "--tp", "2", "--dp", "2", "--ep"]
-    bind = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    # vLLM slices the list per DP rank (entries [dp * TP, (dp + 1) * TP), ranks [DP, PP, TP]):
+    # 4 entries for DP2 x TP2, two ranks per core here.
+    bind = {"VLLM_CPU_OMP_THREADS_BIND": "0|1|0|1"}
     off, _ = run("qwen3_moe", "ep4-off", flags, **bind)
     on, _ = run("qwen3_moe", "ep4-on", flags, {**EPLB, "num_redundant_experts": 4}, **bind)
     assert_same_tokens(off, on)
