@@ -1,8 +1,8 @@
 """Decode step latency under dynamic EPLB: off, on (rebalancing), stop-the-world, in one run.
 
-    python -m bench eplb-serve [--arch qwen3_moe] [--batch 8] [--output-len 96]
+    python -m bench eplb-serve [--arch qwen3_moe] [--batch 8] [--output-len 384]
         [--step-interval 8] [--policy deepseek] [--modes off,layerwise,stop_the_world]
-        [--repeats 2] [--out FILE]
+        [--repeats 3] [--out FILE]
 
 Each mode is a fresh vLLM engine (TP2 + expert parallel on gloo, eager, one core per rank)
 serving a tiny hot-expert MoE checkpoint (``tiny_model --hot-experts``). The child adds
@@ -183,10 +183,12 @@ def add_parser(sub) -> None:
     p.add_argument("--arch", choices=sorted(HOT), default="qwen3_moe")
     p.add_argument("--modes", type=csv_choices(MODES, "mode"), default=list(MODES))
     p.add_argument("--batch", type=int, default=8, help="concurrent requests (8)")
-    p.add_argument("--output-len", type=int, default=96, help="tokens per request (96)")
+    p.add_argument("--output-len", type=int, default=384,
+                   help="tokens per request (384: ~1100 steps per mode over 3 repeats, so "
+                   "p99 is not one slow step)")
     p.add_argument("--warmup", type=int, default=8, help="decode steps dropped (8)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="engine runs per mode, interleaved off/on/stw (2)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="engine runs per mode, interleaved off/on/stw (3)")
     p.add_argument("--step-interval", type=int, default=8, help="EPLB step_interval (8)")
     p.add_argument("--redundant", type=int, default=2, help="num_redundant_experts (2)")
     p.add_argument("--policy", default="deepseek", help="EPLB policy (deepseek: moves often)")
