@@ -74,15 +74,12 @@ def run_logged(cmd: list[str], env: dict, log, verbose: bool, rename=None):
 
 
 def git_commit() -> str | None:
-    """The repository's HEAD commit, short (read-only: uncommitted edits are not seen)."""
-    import subprocess
+    """The repository's HEAD commit, short (uncommitted edits: the fingerprint's
+    ``git_dirty``)."""
+    from bench.fingerprint import git_state
 
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    commit, _ = git_state()
+    return commit[:7] if commit else None
 
 
 def cpu_model() -> str:
@@ -99,17 +96,15 @@ def cpu_model() -> str:
 
 def machine_info() -> dict:
     """What the numbers depend on besides the software: CPUs, load, thread settings."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
+    from bench.fingerprint import cores
+
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
     return {
         "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
+        "cpus_usable": cores(),
         "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),

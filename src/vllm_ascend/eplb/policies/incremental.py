@@ -90,25 +90,24 @@ def incremental(loads, num_ranks: int, num_slots: int, current=None, *,
 
 #: Replica-count moves per layer before its counts are re-derived from scratch.
 MAX_COUNT_STEPS = 8
-_op = None
-_probed = False
+_logged = False
 
 
 def _native_op(required: bool):
-    """The C++ ``eplb_incremental`` (``vllm_ascend.native``), or None (the numpy reference)
-    when ``vllm_ascend._eplb`` is not built; probed and logged once per process."""
-    global _op, _probed
-    if not _probed:
-        _probed = True
-        from vllm_ascend.native import eplb_incremental
+    """The C++ ``eplb_incremental`` (``vllm_ascend.native``, which loads it once), or None
+    (the numpy reference) when ``vllm_ascend._eplb`` is not built; logged once per process."""
+    global _logged
+    from vllm_ascend.native import eplb_incremental
 
-        _op = eplb_incremental()
+    op = eplb_incremental()
+    if not _logged:
+        _logged = True
         logger.info("EPLB policy 'incremental': %s", "C++ (vllm_ascend._eplb)"
-                    if _op is not None else "numpy reference (vllm_ascend._eplb is not built)")
-    if _op is None and required:
+                    if op is not None else "numpy reference (vllm_ascend._eplb is not built)")
+    if op is None and required:
         raise RuntimeError("incremental(native=True): vllm_ascend._eplb is not built "
                            "(pip install --no-build-isolation -e .)")
-    return _op
+    return op
 
 
 def _reassign(loads: np.ndarray, current: np.ndarray, have: np.ndarray, target: np.ndarray,
