@@ -4,9 +4,8 @@
 through the window's recorded steps, evaluated ``horizon`` steps after the last one and
 scaled to the window's length, clipped at 0 (the default). Under drifting popularity the
 window's sum describes where the load *was* (its centre lies ``window / 2`` steps back);
-the placement serves where it *goes*. ``python -m bench eplb`` (docs/eplb.md): at EP64 the
-trend raises the balancedness after a workload switch from 0.961 to 0.972 and under mild
-drift from 0.968 to 0.975, for all policies alike.
+the placement serves where it *goes* (``python -m bench eplb`` numbers: docs/eplb.md,
+"Load estimate").
 
 Both estimates are linear in the per-step loads, ``estimate = sum_i c_i x_i`` (clip aside),
 so every EP rank weighs its own rows and one all-gather sums the ranks, as for the plain sum.
