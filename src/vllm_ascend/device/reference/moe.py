@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from vllm_ascend.device.reference import moe_fast
 from vllm_ascend.device.reference._common import as_dtype
 from vllm_ascend.device.reference.activation import _choice, _dynamic_int8, _f32
 
@@ -60,6 +61,9 @@ def npu_moe_gating_top_k_softmax(x, finished=None, k=1):
     expert_idx ``(..., k)`` int32, row_idx ``(..., k)`` int32 with
     ``row_idx[i, j] = j*N + i`` (``N`` = number of rows, ``i`` the flat row index).
     """
+    fast = moe_fast.gating_top_k_softmax(x, finished, k)  # one C++ op where it applies
+    if fast is not None:
+        return fast
     num_experts = x.shape[-1]
     _check_k(k, num_experts)
     probs = torch.softmax(_f32(x), dim=-1)
@@ -199,6 +203,13 @@ def npu_moe_init_routing_v2(
       ``x_row * scale[expert - start]`` (scale ``(E', H)`` or ``(1, H)`` or None);
       quant_mode -1 ``scale[token]`` for a given scale ``(N,)``, else zeros.
     """
+    fast = moe_fast.init_routing_v2(  # one C++ op where it applies
+        x, expert_idx, scale=scale, offset=offset, active_num=active_num, expert_num=expert_num,
+        drop_pad_mode=drop_pad_mode, expert_tokens_num_type=expert_tokens_num_type,
+        expert_tokens_num_flag=expert_tokens_num_flag, quant_mode=quant_mode,
+        active_expert_range=active_expert_range, row_idx_type=row_idx_type, x_dtype=x_dtype)
+    if fast is not None:
+        return fast
     _check_pairs(x, expert_idx)
     _choice("drop_pad_mode", drop_pad_mode, {0: "dropless"})
     _choice("quant_mode", quant_mode, {-1: "none", 1: "dynamic int8"})
@@ -307,6 +318,11 @@ def npu_moe_finalize_routing(
     bias). K comes from scales, else export_for_source_row, else ``k``.
     Returns ``(N, H)`` in the rows' dtype, accumulated in fp32.
     """
+    fast = moe_fast.finalize_routing(  # one C++ op where it applies
+        expanded_permuted_rows, skip1, skip2, bias, scales, expanded_src_to_dst_row,
+        export_for_source_row, drop_pad_mode, k)
+    if fast is not None:
+        return fast
     col, row = "src_to_dst[j*N + i]", "src_to_dst[i*K + j]"
     _choice("drop_pad_mode", drop_pad_mode, {0: col, 1: col, 2: row, 3: row})
     rows = expanded_permuted_rows
