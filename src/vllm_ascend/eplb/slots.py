@@ -148,13 +148,20 @@ class LayerSlots:
         return torch.empty(self.expert_nbytes(), dtype=torch.uint8, device=p.device)
 
     def unpack_into(self, local_slot: int, buf: torch.Tensor) -> None:
-        """Write a buffer from :meth:`pack` into local slot ``local_slot`` (in place)."""
+        """Write a buffer from :meth:`pack` into local slot ``local_slot`` (in place).
+
+        The write goes through the parameter itself (a view of it, no autograd), never
+        ``.data``: that bumps the parameter's version counter, which the reference backend's
+        caches of derived weights (oneDNN int8 handles, A8W4 packs; ``cpu_kernels``) check,
+        so the moved expert's packs are rebuilt. A write through ``.data`` leaves the counter
+        alone and the GEMMs would keep computing with the slot's previous expert."""
         off = 0
-        for p in self.expert_tensors().values():
-            dst = p.data[local_slot]
-            n = dst.numel() * dst.element_size()
-            dst.copy_(buf[off:off + n].view(dst.dtype).view(dst.shape))
-            off += n
+        with torch.no_grad():
+            for p in self.expert_tensors().values():
+                dst = p[local_slot]
+                n = dst.numel() * dst.element_size()
+                dst.copy_(buf[off:off + n].view(dst.dtype).view(dst.shape))
+                off += n
         if off != buf.numel():
             raise RuntimeError(f"EPLB: {self.name}: a {buf.numel()}-byte expert buffer does "
                                f"not match this layer's {off}-byte experts")
