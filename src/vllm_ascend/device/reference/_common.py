@@ -70,3 +70,31 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     nib = (packed.unsqueeze(-1) >> shifts) & 0xF
     nib = torch.where(nib >= 8, nib - 16, nib)
     return nib.reshape(*packed.shape[:-1], packed.shape[-1] * 8).to(torch.int8)
+
+
+def unpack_kn(w: torch.Tensor, k: int, arg: str) -> torch.Tensor:
+    """int32-packed int4 -> int8 (..., k, n): packed along n as (..., k, n/8), or a
+    transposed view of (..., n, k/8) packed along k."""
+    if w.dim() >= 2 and w.shape[-2] == k:
+        return unpack_int4(w)
+    if w.dim() >= 2 and w.shape[-2] * 8 == k:
+        return unpack_int4(w.transpose(-1, -2)).transpose(-1, -2)
+    raise ValueError(f"{arg}: packed int4 (int32) must be (k, n/8) or a transposed view of "
+                     f"(n, k/8) with k={k}, got {tuple(w.shape)}")
+
+
+def int_weight(w: torch.Tensor, k: int, arg: str) -> torch.Tensor:
+    """int8 (..., k, n) or int32-packed int4 -> int8 values (..., k, n)."""
+    if w.dtype == torch.int32:
+        return unpack_kn(w, k, arg)
+    if w.dtype != torch.int8 or w.dim() < 2 or w.shape[-2] != k:
+        raise ValueError(f"{arg} must be int8 (k={k}, n) or int32-packed int4, got "
+                         f"{w.dtype} {tuple(w.shape)}")
+    return w
+
+
+def decode_quant_param(value: torch.Tensor) -> torch.Tensor:
+    """int64 quant param -> the fp32 scale it carries (bits 0-31, low 13 bits cleared)."""
+    bits = value.to(torch.int64) & 0xFFFFE000
+    bits = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32)
+    return bits.view(torch.float32)

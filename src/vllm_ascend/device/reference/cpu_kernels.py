@@ -58,6 +58,8 @@ from typing import Any, Callable
 
 import torch
 
+from vllm_ascend.device.reference._common import decode_quant_param, int_weight
+
 #: Environment variable: "1" makes every reference op take its plain PyTorch path.
 EXACT_ENV = "VLLM_ASCEND_REFERENCE_EXACT"
 #: When True the fast paths are off (all return None). Read from EXACT_ENV at import.
@@ -311,9 +313,7 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
 
 def _pack_weight(weight: torch.Tensor, k: int, n: int, bits: int) -> torch.Tensor:
     """int8 (k, n) or packed int4 weight -> wq_matmul's layout, uint8 (ceil(n/16), k, 16 or 8)."""
-    from vllm_ascend.device.reference.matmul import _int_weight
-
-    values = _int_weight(weight, k, "weight")  # int8 values (k, n), the reference's unpack
+    values = int_weight(weight, k, "weight")  # int8 values (k, n), the reference's unpack
     blocks = -(-n // _BLOCK_N)
     padded = values.new_zeros(k, blocks * _BLOCK_N)
     padded[:, :n] = values
@@ -330,8 +330,6 @@ def _pack_weight(weight: torch.Tensor, k: int, n: int, bits: int) -> torch.Tenso
 
 def _param_table(p: torch.Tensor, n: int, group_size: int) -> torch.Tensor:
     """Antiquant scale/offset -> fp32 (groups, ceil(n/16)*16), zero-padded columns."""
-    from vllm_ascend.device.reference.quant import decode_quant_param
-
     v = decode_quant_param(p) if p.dtype == torch.int64 else p.float()
     v = v if group_size > 0 else v.reshape(1, -1).expand(1, n)
     table = torch.zeros(v.shape[0], -(-n // _BLOCK_N) * _BLOCK_N, dtype=torch.float32)

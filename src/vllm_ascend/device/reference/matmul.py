@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from vllm_ascend.device.reference import cpu_kernels, grouped_matmul
 from vllm_ascend.device.reference._common import as_dtype, saturate_round, unpack_int4
+from vllm_ascend.device.reference._common import int_weight as _int_weight
+from vllm_ascend.device.reference._common import unpack_kn as _unpack_kn
 from vllm_ascend.device.reference.quant import decode_quant_offset, decode_quant_param, group_ends
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
@@ -49,27 +51,6 @@ def _exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     most ``K * 2**14``: exact in fp32 up to K = 1024 (2**24), in float64 up to K < 2**38."""
     dt = torch.float32 if a.shape[-1] <= 1024 else torch.float64
     return (a.to(dt) @ b.to(dt)).double()
-
-
-def _unpack_kn(w: torch.Tensor, k: int, arg: str) -> torch.Tensor:
-    """int32-packed int4 -> int8 (..., k, n): packed along n as (..., k, n/8), or a
-    transposed view of (..., n, k/8) packed along k."""
-    if w.dim() >= 2 and w.shape[-2] == k:
-        return unpack_int4(w)
-    if w.dim() >= 2 and w.shape[-2] * 8 == k:
-        return unpack_int4(w.transpose(-1, -2)).transpose(-1, -2)
-    raise ValueError(f"{arg}: packed int4 (int32) must be (k, n/8) or a transposed view of "
-                     f"(n, k/8) with k={k}, got {tuple(w.shape)}")
-
-
-def _int_weight(w: torch.Tensor, k: int, arg: str) -> torch.Tensor:
-    """int8 (..., k, n) or int32-packed int4 -> int8 values (..., k, n)."""
-    if w.dtype == torch.int32:
-        return _unpack_kn(w, k, arg)
-    if w.dtype != torch.int8 or w.dim() < 2 or w.shape[-2] != k:
-        raise ValueError(f"{arg} must be int8 (k={k}, n) or int32-packed int4, got "
-                         f"{w.dtype} {tuple(w.shape)}")
-    return w
 
 
 def _vector(p, n: int, arg: str):

@@ -25,6 +25,9 @@ import weakref
 import torch
 
 from vllm_ascend.device.reference import cpu_kernels
+# decode_quant_param is defined in _common (cpu_kernels needs it too) and stays part of this
+# module's API.
+from vllm_ascend.device.reference._common import decode_quant_param  # noqa: F401
 from vllm_ascend.device.reference._common import as_dtype, pack_int4, saturate_round
 
 #: Integer range of each quantised output type.
@@ -242,13 +245,6 @@ def npu_trans_quant_param(scale, offset=None, round_mode=0):
     bits = bits & 0xFFFFE000
     off9 = saturate_round(off, -256, 255).to(torch.int64) & 0x1FF
     return bits | (1 << 46) | (off9 << 37)
-
-
-def decode_quant_param(value: torch.Tensor) -> torch.Tensor:
-    """int64 quant param -> the fp32 scale it carries (bits 0-31, low 13 bits cleared)."""
-    bits = value.to(torch.int64) & 0xFFFFE000
-    bits = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32)
-    return bits.view(torch.float32)
 
 
 def decode_quant_offset(value: torch.Tensor) -> torch.Tensor:
