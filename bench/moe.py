@@ -1,6 +1,7 @@
 """MoE benchmarks: comm methods at 1/2/4 ranks, plugin vs vanilla MoE layer, tiny DeepSeek decode.
 
-``python -m bench moe [--parts comm,layer,decode]`` runs, each part in fresh processes:
+``python -m bench moe [--parts comm,layer,quant,decode]`` runs, each part in fresh processes
+(quant: in this one):
 
 - ``comm``: ``moe_forward`` called directly (prepare -> select -> dispatch -> grouped MLP ->
   combine -> finalize) with each comm method, in ``W`` spawned gloo processes per world
@@ -12,6 +13,8 @@
   runner + float method; comm chosen per step) vs vanilla vLLM CPU (``VLLM_ASCEND_PLATFORM=off``:
   ``CPURouter`` + ``cpu_fused_moe``), a fresh process each, same seeded weights and inputs;
   the parent checks that the two outputs agree.
+- ``quant``: the grouped expert MLP of W8A8_DYNAMIC / W4A8_DYNAMIC experts vs the plugin's
+  float experts on the ``--layer-shapes`` (``bench/moe_quant.py``).
 - ``decode``: the tiny DeepSeek-V3 of ``vllm_ascend.tools.tiny_model`` served offline by the
   plugin, decode tokens/s at EP1 (one process) and EP2 (``tensor_parallel_size=2`` +
   ``enable_expert_parallel``).
@@ -37,7 +40,7 @@ from bench import REPO_ROOT, RESULTS_DIR, csv_choices, csv_list, git_commit, mac
 from bench.fingerprint import config_from_args, fingerprint
 from bench.decode import PROMPTS, _log, _median
 
-PARTS = ("comm", "layer", "decode")
+PARTS = ("comm", "layer", "quant", "decode")
 METHODS = ("allgather", "all2allv", "mc2")
 LAYER_BACKENDS = ("vanilla", "plugin")
 
@@ -314,6 +317,9 @@ def _table(rows: list[dict]) -> str:
         if r["part"] == "comm":
             lines.append(f"comm   W={r['world_size']} {r['method']:<9} "
                          f"tokens/rank={r['tokens_per_rank']:<5} {r['latency_ms']:>9.3f} ms")
+        elif r["part"] == "quant":
+            lines.append(f"quant  {r['shape']:<16} {r['backend']:<12} tokens={r['tokens']:<5} "
+                         f"{r['latency_ms']:>9.3f} ms")
         elif r["part"] == "layer":
             lines.append(f"layer  {r['shape']:<16} {r['backend']:<9} tokens={r['tokens']:<5} "
                          f"{r['latency_ms']:>9.3f} ms")
@@ -349,6 +355,14 @@ def run(args) -> int:
             ratios = {f"layer_{name}_plugin_over_vanilla_tokens_{t}":
                       round(ms[name, "plugin", t] / ms[name, "vanilla", t], 3)
                       for name in args.layer_shapes for t in args.tokens}
+        if "quant" in args.parts:
+            from bench.moe_quant import run_quant
+
+            shapes = {n: _shape(args) if n == "args" else LAYER_SHAPES[n] for n in args.layer_shapes}
+            quant_rows, quant_ratios = run_quant(shapes, args.quant_tokens, args.iters,
+                                                 args.repeats, _log)
+            rows += quant_rows
+            ratios.update(quant_ratios)
         if "decode" in args.parts:
             rows += run_decode(args, log, Path(tmp))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -365,7 +379,9 @@ def run(args) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(_table(rows))
     for k, v in ratios.items():
-        print(f"{k}: {v:.3f} (latency ratio; < 1: plugin faster)")
+        what = "float / scheme latency; > 1: scheme faster" if k.startswith("quant_") \
+            else "latency ratio; < 1: plugin faster"
+        print(f"{k}: {v:.3f} ({what})")
     if extra:
         diff = extra["max_abs_diff_plugin_vs_vanilla"]
         print(f"layer outputs, max |plugin - vanilla|: {diff:.2e}")
@@ -376,7 +392,8 @@ def run(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("moe", help="MoE: comm methods at 1/2/4 ranks, plugin vs vanilla layer, "
                        "tiny DeepSeek-V3 decode at EP1/EP2", description=__doc__.splitlines()[0])
-    p.add_argument("--parts", type=csv_choices(PARTS, "part"), default=list(PARTS), help="comm,layer,decode")
+    p.add_argument("--parts", type=csv_choices(PARTS, "part"), default=list(PARTS),
+                   help="comm,layer,quant,decode")
     p.add_argument("--out", help="result JSON (default: bench/results/moe-<UTC time>.json)")
     p.add_argument("--worlds", type=csv_list(int), default=[1, 2, 4], help="comm ranks (1,2,4)")
     p.add_argument("--methods", type=csv_choices(METHODS, "method"), default=list(METHODS), help="allgather,all2allv,mc2")
@@ -386,6 +403,8 @@ def add_parser(sub) -> None:
                    default=list(LAYER_SHAPES),
                    help="layer part: " + ",".join(LAYER_SHAPES) + " (default: all) or args "
                    "(the --hidden/--intermediate/--experts/--top-k shape)")
+    p.add_argument("--quant-tokens", type=csv_list(int), default=[1, 4, 16],
+                   help="quant part: tokens per call (1,4,16)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--intermediate", type=int, default=256, help="per-expert intermediate size")
     p.add_argument("--experts", type=int, default=32)
