@@ -1,6 +1,6 @@
 """``bench <subcommand>`` (or ``python -m bench``): decode, quant-decode, moe, eplb,
 eplb-serve, ops (run a benchmark), run (several suites in sequence), compare (two result
-files)."""
+files), ab (two commits built, run interleaved and compared)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from bench import compare, decode, eplb, eplb_serve, moe, ops, quant_decode
+from bench import ab, compare, decode, eplb, eplb_serve, moe, ops, quant_decode
 from bench import run as run_suites
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parser(sub)
     run_suites.add_parser(sub)
     compare.add_parser(sub)
+    ab.add_parser(sub)
     return parser
 
 
