@@ -101,9 +101,10 @@ def run_suite(checkout: Checkout, suite: str, out: Path, suite_args: list[str],
 
 
 def checkouts(base_ref: str, head_ref: str, workdir: Path,
-              repo: Path = REPO_ROOT) -> dict[str, Checkout]:
-    """Both refs resolved (before anything is built), then built (once when they name the
-    same commit)."""
+              repo: Path | None = None) -> dict[str, Checkout]:
+    """Both refs resolved in ``repo`` (default: this checkout) before anything is built,
+    then built (once when they name the same commit)."""
+    repo = repo or REPO_ROOT
     commits = {"base": worktrees.resolve(repo, base_ref, "BASE_REF"),
                "head": worktrees.resolve(repo, head_ref, "HEAD_REF")}
     refs = {"base": base_ref, "head": head_ref}
