@@ -56,8 +56,8 @@ def run(args) -> int:
         raws = [Path(tmp) / f"pytest-benchmark-{i}.json" for i in range(args.runs)]
         for i, raw in enumerate(raws):
             cmd = pytest_command(args, raw)
-            print(f"[bench] ops: run {i + 1}/{args.runs}: {' '.join(cmd[1:])}",
-                  file=sys.stderr, flush=True)
+            shown = f": {' '.join(cmd[1:])}" if i == 0 or args.verbose else ""
+            print(f"[bench] ops: run {i + 1}/{args.runs}{shown}", file=sys.stderr, flush=True)
             code = subprocess.run(cmd, env=env, cwd=PACKAGE_PARENT,
                                   stdout=None if args.verbose else subprocess.DEVNULL).returncode
             if code:
