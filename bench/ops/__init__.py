@@ -3,9 +3,9 @@ pytest-benchmark, converted into a bench result file (``bench/ops/convert.py``).
 
 Runs ``python -m pytest`` on the benchmark file ``--runs`` times, each in a fresh child
 process with pytest-benchmark's JSON output (raw timings kept), then writes
-``{"benchmark": "ops", ...}`` with one result per (op, shape, variant) whose samples are the
-per-run medians (``bench/ops/convert.py`` says why the rounds of one run are not
-independent samples) and the fingerprint. Exit status: pytest's when a run fails (1 tests
+``{"benchmark": "ops", ...}`` with one result per (op, shape, variant) whose samples are one
+value per run, its minimum or median (``bench/ops/convert.py`` says why the rounds of one
+run are not independent samples) and the fingerprint. Exit status: pytest's when a run fails (1 tests
 failed, 4 usage error, 5 nothing selected), else 0.
 """
 
@@ -66,7 +66,7 @@ def run(args) -> int:
                 return code
         try:
             doc = convert([json.loads(raw.read_text()) for raw in raws],
-                          fingerprint=fingerprint(config_from_args(args)))
+                          fingerprint=fingerprint(config_from_args(args)), per_run=args.per_run)
         except (OSError, json.JSONDecodeError, ConversionError) as e:
             print(f"bench ops: cannot convert pytest-benchmark's output: {e}", file=sys.stderr)
             return 2
@@ -82,8 +82,11 @@ def add_parser(sub) -> None:
                        "kernels) via pytest-benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="result JSON (default: bench/results/ops-<UTC time>.json)")
     p.add_argument("--runs", type=int, default=5,
-                   help="pytest processes, one sample (its median) per benchmark each "
+                   help="pytest processes, one sample per benchmark each "
                    "(5; `bench compare` needs >= 4)")
+    p.add_argument("--per-run", choices=("min", "median"), default="min",
+                   help="a run's sample: the minimum (default: other jobs only slow rounds "
+                   "down) or the median of its rounds")
     p.add_argument("--rounds", type=int, default=5,
                    help="minimum timed rounds per benchmark and run (5)")
     p.add_argument("--max-time", type=float, default=0.2,

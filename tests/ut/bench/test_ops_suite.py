@@ -37,26 +37,32 @@ def test_one_result_per_op_and_shape_with_ms_samples(raw):
     first, second = doc["results"]
     assert (first["op"], first["shape"], first["variant"]) == (
         "npu_dynamic_quant", "16x2048 fp32", "kernel")
-    # one run: one sample, its median (1.0 1.0 1.1 1.2 1.3 ms)
-    assert first["latency_ms_samples"] == pytest.approx([1.1])
-    assert first["latency_ms"] == pytest.approx(1.1)
+    # one run: one sample, its minimum (1.0 1.0 1.1 1.2 1.3 ms)
+    assert first["latency_ms_samples"] == pytest.approx([1.0])
+    assert first["latency_ms"] == pytest.approx(1.0)
     assert first["stats"]["test"] == "test_dynamic_quant[16]"
     assert first["stats"]["rounds"] == [5]
     assert first["stats"]["rounds_ms"] == [pytest.approx([1.1, 1.0, 1.2, 1.0, 1.3])]
     # no extra_info: the test's name and parameter id
     assert (second["op"], second["shape"], second["variant"]) == (
         "test_gating", "256", "default")
-    assert second["latency_ms"] == pytest.approx(2.05)
+    assert second["latency_ms"] == pytest.approx(1.9)
 
 
-def test_samples_are_the_per_run_medians(raw):
+@pytest.mark.parametrize("per_run, value", [("min", 1.0), ("median", 1.1)])
+def test_samples_are_one_statistic_per_run(raw, per_run, value):
     factors = [1.0, 2.0, 0.5, 1.5]
-    doc = convert([_scaled(raw, f) for f in factors])
+    doc = convert([_scaled(raw, f) for f in factors], per_run=per_run)
     first = doc["results"][0]
-    assert first["latency_ms_samples"] == pytest.approx([1.1 * f for f in factors])
-    assert first["latency_ms"] == pytest.approx(1.1 * 1.25)  # median of 0.55 1.1 1.65 2.2
+    assert first["latency_ms_samples"] == pytest.approx([value * f for f in factors])
+    assert first["latency_ms"] == pytest.approx(value * 1.25)  # median of x0.5 x1 x1.5 x2
     assert first["stats"]["runs"] == 4 and first["stats"]["rounds"] == [5] * 4
-    assert doc["samples_are"] == "per-run medians"
+    assert doc["samples_are"] == f"per-run {per_run}"
+
+
+def test_unknown_per_run_statistic(raw):
+    with pytest.raises(ConversionError, match="per_run 'mean' is not one of min, median"):
+        convert([raw], per_run="mean")
 
 
 def test_runs_with_different_benchmarks_are_refused(raw):
