@@ -21,7 +21,6 @@ latency and ITLs in ms, per repeat.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
