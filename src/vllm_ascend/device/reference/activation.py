@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_ascend.device.reference import fused_fast
 from vllm_ascend.device.reference._common import as_dtype, plain_dtype, saturate_round
 
 ROTARY_MODES = ("half", "interleave")
@@ -218,6 +219,11 @@ def npu_add_rms_norm_quant(
     if axis not in (-1, x1.dim() - 1):
         raise ValueError(f"axis={axis!r}; accepted: -1 (last dim)")
     _int8_dst(dst_type)
+    if scales2 is None:  # one output: csrc's fused kernel (fused_fast.py), same fp32 math
+        fast = fused_fast.add_rms_norm_quant(x1, x2, gamma, beta, None, scales1, zero_points1,
+                                             div_mode, epsilon)
+        if fast is not None:
+            return fast[0], torch.empty(0, dtype=torch.int8), fast[1]
     x_sum = _add(x1, x2)
     normed, _ = _rms(x_sum, gamma, epsilon)
     if beta is not None:
