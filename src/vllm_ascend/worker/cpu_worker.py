@@ -1,4 +1,5 @@
-"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks."""
+"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks and,
+in eager mode, the norm + per-token quant fusion of ``quantization.norm_quant``."""
 
 from __future__ import annotations
 
@@ -13,3 +14,14 @@ WORKER_CLS = "vllm_ascend.worker.cpu_worker.AscendCPUWorker"
 
 class AscendCPUWorker(EplbWorkerMixin, CPUWorker):
     """``CPUWorker`` with :class:`EplbWorkerMixin` (a no-op unless EPLB is enabled)."""
+
+    def load_model(self, *args, **kwargs):
+        out = super().load_model(*args, **kwargs)
+        from vllm.config import CompilationMode
+
+        if self.vllm_config.compilation_config.mode == CompilationMode.NONE:
+            # compiled models get the fusion from the graph pass (compilation/fusion.py)
+            from vllm_ascend.quantization import norm_quant
+
+            norm_quant.enable(self.model_runner.get_model())
+        return out
