@@ -276,3 +276,27 @@ def test_fused_ops_compile_once_for_every_row_count(which):
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1)
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+def test_dequant_swiglu_quant_with_groups_compiles_once():
+    """The grouped ``npu_dequant_swiglu_quant`` reference has no data-dependent branch left
+    (its group checks run in eager only): one fullgraph for every row count."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    ws = torch.rand(3, 16, generator=g) * 1e-2 + 1e-3
+
+    def f(acc, xs, counts):
+        return ops.npu_dequant_swiglu_quant(acc, weight_scale=ws, activation_scale=xs,
+                                            group_index=counts, activate_left=True,
+                                            quant_mode=1)
+
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(f, backend=counter, dynamic=True, fullgraph=True)
+    for rows in (2, 4, 9):
+        acc = torch.randint(-5000, 5000, (rows, 16), dtype=torch.int32, generator=g)
+        xs = torch.rand(rows, generator=g)
+        counts = torch.tensor([1, 0, rows - 2])
+        for got, want in zip(compiled(acc, xs, counts), f(acc, xs, counts)):
+            assert torch.equal(got, want)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()

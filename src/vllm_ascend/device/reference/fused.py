@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from vllm_ascend.device.reference import fused_fast
-from vllm_ascend.device.reference._common import as_dtype, plain_dtype, saturate_round
+from vllm_ascend.device.reference._common import (
+    as_dtype,
+    plain_dtype,
+    row_groups,
+    saturate_round,
+)
 from vllm_ascend.device.reference.activation import _add, _dynamic_int8, _f32, _rms
 
 
@@ -27,25 +32,6 @@ def _int8_only(value, arg: str) -> None:
     dtype = as_dtype(value, arg=arg)
     if dtype is not None and plain_dtype(dtype) != torch.int8:
         raise ValueError(f"{arg}={value!r}; accepted: None, torch.int8 / qint8 (codes 1, 12)")
-
-
-def row_groups(group_index: torch.Tensor, rows: int, cumulative: bool, arg: str):
-    """Group of each row for ``group_index (G,)`` ends (cumulative) or counts.
-
-    Returns (gid (rows,) int64 in [0, G], computed (rows,) bool); gid G marks rows past the
-    last group. Validates (non-negative counts, ends <= rows) in eager mode only: the check
-    reads the data, which a compiled graph must not branch on.
-    """
-    g = group_index.reshape(-1).to(torch.int64)
-    ends = g if cumulative else g.cumsum(0)
-    if not torch.compiler.is_compiling():
-        steps = torch.diff(ends, prepend=ends.new_zeros(1))
-        if bool((steps < 0).any()) or (ends.numel() and int(ends[-1]) > rows):
-            kind = "non-decreasing cumulative row ends" if cumulative else "non-negative counts"
-            raise ValueError(f"{arg} must hold {kind} covering at most {rows} rows, "
-                             f"got {g.tolist()}")
-    gid = torch.searchsorted(ends, torch.arange(rows, device=g.device), right=True)
-    return gid, gid < g.numel()
 
 
 def _group_table(t, gid, num_groups: int, width: int, arg: str):
