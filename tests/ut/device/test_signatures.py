@@ -147,7 +147,8 @@ def load_schemas() -> dict[str, list[list[Param]]]:
     for line in split_copy()[1]:
         parsed = parse_schema_line(line)
         assert parsed, f"unparsable added schema line: {line}"
-        assert parsed[0] not in schemas, f"{parsed[0]} is in the shared file: drop it from the added lines"
+        assert parsed[0] not in schemas, \
+            f"{parsed[0]} is in the shared file: drop it from the added lines"
         schemas[parsed[0]] = [parsed[1]]
     return schemas
 

@@ -35,7 +35,7 @@ def _int8_only(value, arg: str) -> None:
 
 
 def _group_table(t, gid, num_groups: int, width: int, arg: str):
-    """``(G, C)`` per group (or shared ``(C,)`` / ``(1, C)``) -> fp32 rows ``(T, C)`` / ``(1, C)``."""
+    """``(G, C)`` per group (or shared ``(C,)`` / ``(1, C)``) -> fp32 ``(T, C)`` / ``(1, C)``."""
     t = _f32(t)
     if t.dim() not in (1, 2) or t.shape[-1] != width:
         raise ValueError(f"{arg} must be (G, {width}) or ({width},), got {tuple(t.shape)}")

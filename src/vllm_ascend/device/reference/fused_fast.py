@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from vllm_ascend.device.reference import cpu_kernels
+from vllm_ascend.device.reference import grouped_matmul as gmm
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -96,8 +97,6 @@ def grouped_matmul_swiglu_quant(x, weight, group_list, weight_scale, x_scale):
     if weight_scale.dtype not in (torch.float32, torch.bfloat16) \
             or x_scale.dtype not in (torch.float32, torch.bfloat16):
         return None
-    from vllm_ascend.device.reference import grouped_matmul as gmm
-
     c = torch.ops.vllm_ascend.grouped_matmul(
         x.contiguous(), weight, group_list.reshape(-1), 0, None, weight_scale.contiguous(),
         x_scale.reshape(-1).contiguous(), 0, torch.float32, gmm._isa(), gmm.KERNEL_MAX_ROWS)
