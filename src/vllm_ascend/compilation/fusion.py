@@ -18,7 +18,9 @@ aten ops and csrc calls, exactly what the model graph holds), for the model's dt
 epsilons models use; a norm output with any other user is left alone (the matcher refuses
 a match whose intermediate values escape). The fused ops quantise the fp32 norm / SwiGLU
 value directly instead of its rounding to the model dtype: identical in fp32 models, within
-one rounding in bf16 ones.
+one rounding in bf16 ones. On the reference backend ``npu_swiglu_quant`` without smooth
+scales is torch's SwiGLU + csrc's quantisation (bit-identical to the pattern, see
+``device/reference/fused_fast.py``); on Ascend it is the device's one fused kernel.
 
 :data:`stats` counts, over the process, the replacements made and the per-token quantisations
 left in the graphs (``vllm_ascend::dynamic_quant_int8`` nodes: inputs no pattern covers, such

@@ -1,5 +1,7 @@
 """CPU fast paths of the fused reference ops (``fused.py``, ``activation.npu_add_rms_norm_quant``):
-csrc/fused_quant.cpp's ``vllm_ascend::add_rms_norm_quant`` and ``swiglu_dynamic_quant``, and
+csrc/fused_quant.cpp's ``vllm_ascend::add_rms_norm_quant`` and ``swiglu_dynamic_quant`` (SwiGLU
+without smooth scales: torch's SwiGLU + csrc's ``dynamic_quant_int8``, see
+:func:`swiglu_quant`), and
 for ``npu_grouped_matmul_swiglu_quant`` csrc's ``grouped_matmul`` (exact int8 accumulators
 through vLLM's oneDNN GEMM, the reference's fp32 epilogue) followed by
 ``swiglu_dynamic_quant``.
@@ -13,6 +15,7 @@ boundaries (tests/ut/device/test_fused_quant_ops.py, against a float64 oracle).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from vllm_ascend.device.reference import cpu_kernels
 from vllm_ascend.device.reference import grouped_matmul as gmm
@@ -60,11 +63,19 @@ def add_rms_norm_quant(x1, x2, gamma, beta, smooth, scales, zero_points, div_mod
 
 
 def swiglu_quant(x, smooth, group_index, group_list_type: int, activate_left: bool):
-    """Dynamic ``npu_swiglu_quant`` -> (y int8 (..., H), scale fp32 (...)) or None."""
+    """Dynamic ``npu_swiglu_quant`` -> (y int8 (..., H), scale fp32 (...)) or None.
+
+    Without smooth scales: torch's SwiGLU in fp32 (``npu_swiglu``'s own math) then csrc's
+    ``dynamic_quant_int8``, bit-identical to ``npu_dynamic_quant(npu_swiglu(x))`` on fp32
+    input, so a single process quantises exactly as the TP-sharded path (``_tp_quant``) does.
+    With smooth scales: csrc's one-pass ``swiglu_dynamic_quant``.
+    """
     if not _usable() or x.dtype not in _FLOATS or not x.is_cpu or x.dim() < 1 \
             or x.numel() == 0 or x.shape[-1] % 2:
         return None
     h = x.shape[-1] // 2
+    if smooth is None:
+        return _swiglu_then_quant(x, group_index, group_list_type, activate_left)
     table = None
     if smooth is not None:
         if not smooth.is_cpu or not smooth.is_floating_point() or smooth.shape[-1] != h \
@@ -82,6 +93,22 @@ def swiglu_quant(x, smooth, group_index, group_list_type: int, activate_left: bo
     xf = x.reshape(-1, 2 * h).contiguous()
     y, scale = torch.ops.vllm_ascend.swiglu_dynamic_quant(xf, table, gi, int(group_list_type),
                                                           bool(activate_left))
+    return y.reshape(*x.shape[:-1], h), scale.reshape(x.shape[:-1])
+
+
+def _swiglu_then_quant(x, group_index, group_list_type: int, activate_left: bool):
+    from vllm_ascend.device.reference._common import row_groups
+
+    h = x.shape[-1] // 2
+    a, b = x.reshape(-1, 2 * h).float().chunk(2, dim=-1)
+    v = F.silu(a) * b if activate_left else a * F.silu(b)
+    y, scale = torch.ops.vllm_ascend.dynamic_quant_int8(v)
+    if group_index is not None:
+        if not isinstance(group_index, torch.Tensor) or not group_index.is_cpu:
+            return None
+        _, computed = row_groups(group_index, y.shape[0], group_list_type == 0, "group_index")
+        y = torch.where(computed[:, None], y, torch.zeros_like(y))
+        scale = torch.where(computed, scale, torch.zeros_like(scale))
     return y.reshape(*x.shape[:-1], h), scale.reshape(x.shape[:-1])
 
 
