@@ -38,11 +38,9 @@ from vllm.compilation.passes.vllm_inductor_pass import (
     VllmPatternReplacement,
 )
 from vllm.config import VllmConfig
-from vllm.logger import init_logger
 
 from vllm_ascend.device import ops
-
-logger = init_logger(__name__)
+from vllm_ascend.logger import logger
 
 #: RMSNorm epsilons a pattern is registered for (the pattern bakes the constant in).
 EPSILONS = (1e-5, 1e-6)
