@@ -6,13 +6,19 @@ import torch
 from vllm.model_executor.layers.layernorm import RMSNorm
 
 from vllm_ascend.device import ops
+from vllm_ascend.quantization import norm_quant
 
 
 class AscendRMSNorm(RMSNorm):
     """``y = w * x / sqrt(mean(x^2) + eps)``; with a residual, ``x + residual`` is normed too.
 
     Returns ``y``, or ``(y, x + residual)`` when ``residual`` is given (vLLM's contract).
+    With :attr:`fuse_dynamic_quant` (set by ``quantization.norm_quant.enable`` when the only
+    consumer quantises per token) and a residual, eager calls return ``y`` already quantised:
+    int8 ``(..., H)`` carrying its per-token scale (``norm_quant.attach``).
     """
+
+    fuse_dynamic_quant = False
 
     def forward_ascend(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
@@ -23,6 +29,10 @@ class AscendRMSNorm(RMSNorm):
         if residual is None:
             y, _rstd = ops.npu_rms_norm(x, self.weight, self.variance_epsilon)
             return y
+        if self.fuse_dynamic_quant and not torch.compiler.is_compiling():
+            yq, _, x_sum, scale, _ = ops.npu_add_rms_norm_dynamic_quant(
+                x, residual, self.weight, epsilon=self.variance_epsilon)
+            return norm_quant.attach(yq, scale), x_sum
         y, _rstd, x_sum = ops.npu_add_rms_norm(x, residual, self.weight, self.variance_epsilon)
         return y, x_sum
 

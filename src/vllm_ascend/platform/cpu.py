@@ -38,5 +38,12 @@ class AscendCPUPlatform(CpuPlatform):
         log_startup(cls.__name__, "cpu-hosted")
 
     @classmethod
+    def get_pass_manager_cls(cls) -> str:
+        """vLLM's pass manager + the plugin's norm/activation + quant fusion (compilation/)."""
+        from vllm_ascend.compilation.pass_manager import QUALNAME
+
+        return QUALNAME
+
+    @classmethod
     def get_device_communicator_cls(cls) -> str:
         return "vllm_ascend.distributed.cpu_communicator.AscendCPUCommunicator"

@@ -1,5 +1,6 @@
-"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks
-(and the test-only decode slowdown, :mod:`vllm_ascend.worker.step_delay`)."""
+"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks, in
+eager mode the norm + per-token quant fusion of ``quantization.norm_quant``, and the test-only
+decode slowdown (:mod:`vllm_ascend.worker.step_delay`)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,14 @@ WORKER_CLS = "vllm_ascend.worker.cpu_worker.AscendCPUWorker"
 class AscendCPUWorker(DecodeSlowdownMixin, EplbWorkerMixin, CPUWorker):
     """``CPUWorker`` with :class:`EplbWorkerMixin` (a no-op unless EPLB is enabled) and the
     test-only :class:`DecodeSlowdownMixin` (a no-op unless its variable is set)."""
+
+    def load_model(self, *args, **kwargs):
+        out = super().load_model(*args, **kwargs)
+        from vllm.config import CompilationMode
+
+        if self.vllm_config.compilation_config.mode == CompilationMode.NONE:
+            # compiled models get the fusion from the graph pass (compilation/fusion.py)
+            from vllm_ascend.quantization import norm_quant
+
+            norm_quant.enable(self.model_runner.get_model())
+        return out

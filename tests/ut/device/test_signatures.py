@@ -2,7 +2,9 @@
 
 The source of truth is shared/reference/torch_npu_schemas.txt; ``data/`` holds a copy so
 the test runs in a clone alone (CI), and ``test_schema_copy_matches_shared`` catches drift
-where the shared dir is present.
+where the shared dir is present. The copy may end with schemas the shared file lacks (after
+the :data:`ADDED_MARKER` line), taken from torch_npu's documentation; they are read in
+every mode, so every reference op stays covered.
 
 Checks parameter names, order, the keyword-only boundary and default values against the
 schema (any overload may match), that every reference op has a schema, that the ops the
@@ -40,6 +42,10 @@ REQUIRED_OPS = [
     "npu_moe_compute_expert_tokens",
     "npu_swiglu",
     "npu_dequant_swiglu_quant",
+    "npu_swiglu_quant",
+    "npu_grouped_matmul_swiglu_quant",
+    "npu_add_rms_norm_quant",
+    "npu_add_rms_norm_dynamic_quant",
     "npu_rms_norm",
     "npu_add_rms_norm",
     "npu_rotary_mul",
@@ -52,6 +58,16 @@ KW_ONLY, POSITIONAL = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITION
 
 
 SCHEMA_COPY = Path(__file__).resolve().parent / "data" / "torch_npu_schemas.txt"
+#: The copy's lines after this one are schemas the shared file does not have.
+ADDED_MARKER = "# Added in this repository"
+
+
+def split_copy() -> tuple[str, list[str]]:
+    """The copy's text up to the marker (the shared file's content) and its added lines."""
+    text = SCHEMA_COPY.read_text()
+    head, sep, tail = text.partition(ADDED_MARKER)
+    added = [line for line in tail.splitlines()[1:] if line.strip()] if sep else []
+    return head, added
 
 
 def shared_schema_path() -> Path:
@@ -123,10 +139,17 @@ def parse_schema_line(line: str) -> tuple[str, list[Param]] | None:
 
 def load_schemas() -> dict[str, list[list[Param]]]:
     schemas: dict[str, list[list[Param]]] = {}
-    for line in schema_path().read_text().splitlines():
+    for line in split_copy()[0].splitlines() if schema_path() == SCHEMA_COPY else \
+            schema_path().read_text().splitlines():
         parsed = parse_schema_line(line)
         if parsed:
             schemas.setdefault(parsed[0], []).append(parsed[1])
+    for line in split_copy()[1]:
+        parsed = parse_schema_line(line)
+        assert parsed, f"unparsable added schema line: {line}"
+        assert parsed[0] not in schemas, \
+            f"{parsed[0]} is in the shared file: drop it from the added lines"
+        schemas[parsed[0]] = [parsed[1]]
     return schemas
 
 
@@ -256,6 +279,7 @@ def test_schema_copy_matches_shared(monkeypatch):
     shared = shared_schema_path()
     if not shared.is_file():
         pytest.skip(f"no shared dir next to the clone ({shared}): the copy is all there is")
-    assert SCHEMA_COPY.read_text() == shared.read_text(), (
-        f"{SCHEMA_COPY} differs from {shared}: copy the shared file over it"
+    assert split_copy()[0] == shared.read_text(), (
+        f"{SCHEMA_COPY} (up to {ADDED_MARKER!r}) differs from {shared}: copy the shared file "
+        "over that part"
     )

@@ -306,3 +306,20 @@ def test_a_group_size_that_does_not_match_the_file_fails_loudly():
     with pytest.raises(QuantTensorError, match=r"weight_scale_second' holds a non-finite value "
                                                r"\(nan\).*never loaded"):
         sch.process_weights_after_loading(layer)
+
+
+def test_prequantized_rows_from_a_fused_norm_give_the_same_output():
+    """int8 rows with their attached per-token scale (quantization/norm_quant.py) skip the
+    scheme's own quantisation: the output equals the float input's, bit for bit."""
+    from vllm_ascend.device import ops
+    from vllm_ascend.quantization import norm_quant
+
+    values, scale, second = checkpoint(16, 32, 8, 3)
+    sch, layer = build(values, scale, second, True, 8)
+    for name, t in tensors_for(values, scale, second, True).items():
+        getattr(layer, name).weight_loader(getattr(layer, name), t)
+    sch.process_weights_after_loading(layer)
+    x = uniform(9, (5, 32), -2.0, 2.0)
+    xq, xs = ops.npu_dynamic_quant(x)
+    got = sch.apply(layer, norm_quant.attach(xq, xs))
+    assert got.dtype == torch.float32 and torch.equal(got, sch.apply(layer, x))

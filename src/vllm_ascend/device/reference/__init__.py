@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Callable
 
-from vllm_ascend.device.reference import activation, attention, matmul, mc2, moe, quant
+from vllm_ascend.device.reference import activation, attention, fused, matmul, mc2, moe, quant
 
-_MODULES: tuple[ModuleType, ...] = (quant, matmul, moe, activation, attention, mc2)
+_MODULES: tuple[ModuleType, ...] = (quant, matmul, moe, activation, fused, attention, mc2)
 
 
 def _collect() -> dict[str, Callable]:

@@ -98,3 +98,22 @@ def decode_quant_param(value: torch.Tensor) -> torch.Tensor:
     bits = value.to(torch.int64) & 0xFFFFE000
     bits = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32)
     return bits.view(torch.float32)
+
+
+def row_groups(group_index: torch.Tensor, rows: int, cumulative: bool, arg: str):
+    """Group of each row for ``group_index (G,)`` ends (cumulative) or counts.
+
+    Returns (gid (rows,) int64 in [0, G], computed (rows,) bool); gid G marks rows past the
+    last group. Validates (non-negative counts, ends <= rows) in eager mode only: the check
+    reads the data, which a compiled graph must not branch on.
+    """
+    g = group_index.reshape(-1).to(torch.int64)
+    ends = g if cumulative else g.cumsum(0)
+    if not torch.compiler.is_compiling():
+        steps = torch.diff(ends, prepend=ends.new_zeros(1))
+        if bool((steps < 0).any()) or (ends.numel() and int(ends[-1]) > rows):
+            kind = "non-decreasing cumulative row ends" if cumulative else "non-negative counts"
+            raise ValueError(f"{arg} must hold {kind} covering at most {rows} rows, "
+                             f"got {g.tolist()}")
+    gid = torch.searchsorted(ends, torch.arange(rows, device=g.device), right=True)
+    return gid, gid < g.numel()

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_ascend.device.reference._common import as_dtype, plain_dtype, saturate_round
+from vllm_ascend.device.reference import fused_fast
+from vllm_ascend.device.reference._common import (
+    as_dtype,
+    plain_dtype,
+    row_groups,
+    saturate_round,
+)
 
 ROTARY_MODES = ("half", "interleave")
 
@@ -65,7 +71,8 @@ def npu_swiglu(input, dim=-1):
 
 
 def _per_row(t, groups: torch.Tensor | None, num_groups: int, width: int, arg: str):
-    """A per-group table ``(G, C)`` (or shared ``(C,)`` / ``(1, C)``) expanded to rows."""
+    """A per-group table ``(G, C)`` (or shared ``(C,)`` / ``(1, C)``) expanded to rows;
+    groups: each row's group (rows past the last group, id G, take the last row)."""
     if t is None:
         return None
     t = _f32(t)
@@ -78,7 +85,7 @@ def _per_row(t, groups: torch.Tensor | None, num_groups: int, width: int, arg: s
             f"{arg} has {t.shape[0]} rows; it must be shared (1 row) or have one row per "
             f"group_index entry ({num_groups if groups is not None else 'group_index is None'})"
         )
-    return t[groups]
+    return t[groups.clamp(max=num_groups - 1)]
 
 
 def npu_dequant_swiglu_quant(
@@ -112,26 +119,19 @@ def npu_dequant_swiglu_quant(
         raise ValueError(f"x must be (T, 2H) with an even last dim, got {tuple(x.shape)}")
     tokens = x.shape[0]
 
-    groups, num_groups, computed = None, 0, tokens
-    if group_index is not None:
-        counts = group_index.reshape(-1).long()
-        computed = int(counts.sum())
-        if (counts < 0).any() or computed > tokens:
-            raise ValueError(
-                f"group_index must hold non-negative row counts summing to <= {tokens}, "
-                f"got sum {computed}"
-            )
-        num_groups = counts.numel()
-        groups = torch.repeat_interleave(torch.arange(num_groups), counts)
+    gid, num_groups, computed = None, 0, None
+    if group_index is not None:  # validated in eager only (row_groups): no data-dependent
+        gid, computed = row_groups(group_index, tokens, False, "group_index")  # branches
+        num_groups = group_index.numel()
 
-    xs = x[:computed]
+    xs = x
     if bias is not None:
         if not x.is_floating_point() and not bias.is_floating_point():
             xs = xs + bias.to(x.dtype)  # exact integer accumulator + integer bias
         else:
             xs = _f32(xs) + _f32(bias)
     v = _f32(xs)
-    dequant = _per_row(weight_scale, groups, num_groups, x.shape[1], "weight_scale")
+    dequant = _per_row(weight_scale, gid, num_groups, x.shape[1], "weight_scale")
     if dequant is not None:
         v = v * dequant
     if activation_scale is not None:
@@ -140,15 +140,15 @@ def npu_dequant_swiglu_quant(
                 f"activation_scale must be ({tokens},) or ({tokens}, 1), "
                 f"got {tuple(activation_scale.shape)}"
             )
-        v = v * _f32(activation_scale).reshape(-1, 1)[:computed]
+        v = v * _f32(activation_scale).reshape(-1, 1)
     a = _swiglu(v, -1, activate_left)
-    smooth = _per_row(quant_scale, groups, num_groups, x.shape[1] // 2, "quant_scale")
+    smooth = _per_row(quant_scale, gid, num_groups, x.shape[1] // 2, "quant_scale")
     if smooth is not None:
         a = a * smooth
-    y_part, scale_part = _dynamic_int8(a)
-    y = torch.zeros(tokens, x.shape[1] // 2, dtype=torch.int8)
-    scale = torch.zeros(tokens, dtype=torch.float32)
-    y[:computed], scale[:computed] = y_part, scale_part
+    y, scale = _dynamic_int8(a)
+    if computed is not None:  # rows past the group total: not computed
+        y = torch.where(computed[:, None], y, torch.zeros_like(y))
+        scale = torch.where(computed, scale, torch.zeros_like(scale))
     return y, scale
 
 
@@ -218,6 +218,11 @@ def npu_add_rms_norm_quant(
     if axis not in (-1, x1.dim() - 1):
         raise ValueError(f"axis={axis!r}; accepted: -1 (last dim)")
     _int8_dst(dst_type)
+    if scales2 is None:  # one output: csrc's fused kernel (fused_fast.py), same fp32 math
+        fast = fused_fast.add_rms_norm_quant(x1, x2, gamma, beta, None, scales1, zero_points1,
+                                             div_mode, epsilon)
+        if fast is not None:
+            return fast[0], torch.empty(0, dtype=torch.int8), fast[1]
     x_sum = _add(x1, x2)
     normed, _ = _rms(x_sum, gamma, epsilon)
     if beta is not None:

@@ -32,8 +32,9 @@ Math (rows sorted by expert, ``group_list (E,)`` counts; s = the encoded scales)
     a = silu(h[:, :I]) * h[:, I:];  aq, as = dynamic_int8(a)
     y = the same A8W4 product of aq with w2, b2, as
 
-through ``npu_dynamic_quant -> npu_grouped_matmul -> npu_swiglu -> npu_dynamic_quant ->
-npu_grouped_matmul`` (the per-group scales are applied inside the matmul, so the
+through ``npu_dynamic_quant -> npu_grouped_matmul -> npu_swiglu_quant ->
+npu_grouped_matmul`` (with TP-sharded experts ``npu_swiglu`` then the TP-wide row quantisation
+of ``_tp_quant``; the per-group scales are applied inside the matmul, so the
 accumulators cannot leave it as int32 the way W8A8 does). Rows at or beyond
 ``sum(group_list)`` come out as 0.
 """
@@ -156,6 +157,10 @@ class W4A8DynamicMoE(AscendMoEScheme):
                 group_list=group_list, group_type=0, group_list_type=1, split_item=2,
                 output_dtype=out)[0]
             if stem == "w13":
-                # TP-sharded experts hold a slice of each intermediate row (_tp_quant).
-                xq, xs = dynamic_quant_tp(ops.npu_swiglu(y), moe.moe_tp(layer)[1])
+                tp_size = moe.moe_tp(layer)[1]
+                if tp_size == 1:  # SwiGLU + per-row quantisation in one op
+                    xq, xs = ops.npu_swiglu_quant(y, group_index=group_list, activate_left=True,
+                                                  quant_mode=1, group_list_type=1)
+                else:  # TP-sharded experts hold a slice of each intermediate row (_tp_quant)
+                    xq, xs = dynamic_quant_tp(ops.npu_swiglu(y), tp_size)
         return moe.zero_rows_past_total(y, group_list)

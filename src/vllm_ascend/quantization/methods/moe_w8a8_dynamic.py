@@ -22,12 +22,12 @@ Math, for rows ``x (M, H)`` sorted by expert with per-expert counts ``group_list
 row m belongs to expert e(m)::
 
     xq, xs = dynamic_int8(x)                            # ops.npu_dynamic_quant
-    acc = xq @ w13[e]                                   # ops.npu_grouped_matmul -> int32
-    h = acc * s13[e] * xs;  a = silu(h[:, :I]) * h[:, I:]
-    aq, as = dynamic_int8(a)                            # ops.npu_dequant_swiglu_quant
+    h = (xq @ w13[e]) * s13[e] * xs                     # ops.npu_grouped_matmul_swiglu_quant:
+    a = silu(h[:, :I]) * h[:, I:];  aq, as = dynamic_int8(a)    # one fused op
     y = (aq @ w2[e]) * s2[e] * as                       # ops.npu_grouped_matmul
 
-``activate_left=True`` gives vLLM's SwiGLU (silu of the *first* half). Rows at or beyond
+The fused op activates the *first* half (vLLM's SwiGLU) and takes the experts' cumulative
+row ends. Rows at or beyond
 ``sum(group_list)`` belong to no expert and come out as 0.
 """
 
@@ -83,11 +83,8 @@ class W8A8DynamicMoE(AscendMoEScheme):
         xq, xs = moe.quantize_rows(x, dynamic_scale, self.prefix)
         groups: dict[str, Any] = dict(group_list=group_list, group_type=0, group_list_type=1,
                                       split_item=2)
-        acc = ops.npu_grouped_matmul([xq], [layer.w13_weight], output_dtype=torch.int32,
-                                     **groups)[0]
-        aq, a_scale = ops.npu_dequant_swiglu_quant(
-            acc, weight_scale=layer.w13_weight_scale, activation_scale=xs,
-            group_index=group_list, activate_left=True, quant_mode=1)
+        aq, a_scale, _ = ops.npu_grouped_matmul_swiglu_quant(
+            xq, layer.w13_weight, group_list.cumsum(0), layer.w13_weight_scale, xs)
         y = ops.npu_grouped_matmul([aq], [layer.w2_weight], scale=[layer.w2_weight_scale],
                                    per_token_scale=[a_scale], output_dtype=out, **groups)[0]
         return moe.zero_rows_past_total(y, group_list)

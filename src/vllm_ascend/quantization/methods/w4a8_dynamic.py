@@ -55,6 +55,7 @@ from vllm.model_executor.parameter import (
 )
 
 from vllm_ascend.device import ops
+from vllm_ascend.quantization import norm_quant
 from vllm_ascend.quantization.errors import DescriptionError
 from vllm_ascend.quantization.methods import _tensor_checks as chk
 from vllm_ascend.quantization.methods._int4 import kernel_int4, msd_bias, unpack_int4_pairs
@@ -220,11 +221,17 @@ class W4A8DynamicLinear(AscendLinearScheme):
         chk.drop_params(layer, "weight_offset", "weight_scale_second", "weight_offset_second")
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (..., K) -> (..., N)`` in x's dtype."""
-        xq, xs = dynamic_quant_tp(x.reshape(-1, self.k), self.row_tp[1])
+        """``x (..., K) -> (..., N)`` in x's dtype (float x), or int8 x from a fused norm
+        (``norm_quant``) -> the model dtype."""
+        xs = norm_quant.token_scale(x)  # rows already quantised by a fused norm
+        if xs is None:
+            xq, xs = dynamic_quant_tp(x.reshape(-1, self.k), self.row_tp[1])
+        else:
+            xq = x.reshape(-1, self.k)
         y = ops.npu_grouped_matmul([xq], [layer.weight], scale=[layer.weight_scale],
                                    bias=[layer.scale_bias], per_token_scale=[xs],
-                                   output_dtype=x.dtype)[0]
+                                   output_dtype=x.dtype if x.is_floating_point()
+                                   else self.params_dtype)[0]
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.n)

@@ -26,6 +26,7 @@ import torch
 from vllm.model_executor.parameter import ChannelQuantScaleParameter, ModelWeightParameter
 
 from vllm_ascend.device import ops
+from vllm_ascend.quantization import norm_quant
 from vllm_ascend.quantization.methods._linear_common import (
     FLOATS,
     QuantLinearBase,
@@ -67,12 +68,19 @@ class W8A8DynamicLinear(QuantLinearBase):
         self.row_tp = row_parallel_tp_size(layer)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (..., K) -> (..., N)`` in x's dtype."""
+        """``x (..., K) -> (..., N)`` in x's dtype (float x), or int8 x from a fused norm
+        (``norm_quant``) -> the model dtype."""
         # A row-parallel layer holds one TP slice of each row: quantise with the whole row's
         # scale, as one process would (_tp_quant).
-        xq, x_scale = dynamic_quant_tp(self._flat(x), self.row_tp)
+        # Rows already quantised by a fused norm (quantization/norm_quant.py) pass through.
+        x_scale = norm_quant.token_scale(x)
+        if x_scale is None:
+            xq, x_scale = dynamic_quant_tp(self._flat(x), self.row_tp)
+        else:
+            xq = self._flat(x)
+        dtype = x.dtype if x.is_floating_point() else self.params_dtype
         y = ops.npu_quant_matmul(xq, layer.weight, layer.weight_scale, pertoken_scale=x_scale,
-                                 bias=bias, output_dtype=x.dtype)
+                                 bias=bias, output_dtype=dtype)
         return self._unflat(y, x)
 
 
