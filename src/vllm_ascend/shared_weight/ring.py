@@ -21,6 +21,7 @@ with another layer than the one read from it is the same error.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ class SeriesRing:
         self._next = 0  # the layer whose broadcast is due next
         self.broadcasts = 0
         self.bytes_received = 0
+        #: seconds spent blocked in wait(): the part of the transfers compute did not hide
+        self.wait_seconds = 0.0
 
     # -------------------------------------------------------------------- protocol
 
@@ -141,8 +144,10 @@ class SeriesRing:
             self._fail(f"layer {layer}'s buffer {head.slot} holds layer "
                        f"{self.slot_layer[head.slot]}")
         self._fifo.popleft()
+        t0 = time.perf_counter()
         for w in head.works:
             w.wait()
+        self.wait_seconds += time.perf_counter() - t0
         if head.slot is not None:
             self._busy[head.slot] = False
         return head.slot

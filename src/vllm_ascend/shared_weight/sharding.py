@@ -49,7 +49,8 @@ class ShardingPlan:
 
 
 def _out_features(module: torch.nn.Module) -> int:
-    return int(module.output_size_per_partition)
+    """This rank's output width (``ReplicatedLinear`` has no per-partition size)."""
+    return int(getattr(module, "output_size_per_partition", None) or module.output_size)
 
 
 def plan_sharding(model: torch.nn.Module, cfg: LayerShardingConfig,
