@@ -37,6 +37,13 @@ class ShardedLinearMethod(LinearMethodBase):
         #: the series runtime's handle, set once the ring is built
         self.handle: int | None = None
 
+    def __getattr__(self, name: str):
+        # Attributes vLLM reads off a quant method (e.g. ``quant_config``) are the layer's own.
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
     def create_weights(self, *args, **kwargs) -> None:
         raise RuntimeError("ShardedLinearMethod wraps a layer whose weights already exist")
 
