@@ -98,3 +98,23 @@ def test_series_errors(vllm_ctx):
            "weight [8, 16] float32 vs weight [8, 8] float32" in str(e.value)
     (s,) = find_series(M([8, 8, 8]), ("o_proj",))
     assert s.names == ["layers.0.o_proj", "layers.1.o_proj", "layers.2.o_proj"]
+
+
+def test_series_with_two_quant_schemes_is_refused(vllm_ctx):
+    from vllm.model_executor.layers.linear import RowParallelLinear
+
+    from tests.ut.quantization.layers import config_for
+    from vllm_ascend.shared_weight.series import find_series
+
+    config = config_for({"layers.0.o_proj": "W8A8_DYNAMIC", "layers.1.o_proj": "FLOAT"})
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList()
+    for i in range(2):
+        blk = torch.nn.Module()
+        blk.o_proj = RowParallelLinear(8, 8, bias=False, quant_config=config,
+                                       prefix=f"layers.{i}.o_proj")
+        model.layers.append(blk)
+    with pytest.raises(LayerShardingConfigError) as e:
+        find_series(model, ("o_proj",))
+    assert "layers.1.o_proj differs from layers.0.o_proj in its quant scheme: " in str(e.value)
+    assert "W8A8DynamicLinear" in str(e.value)
