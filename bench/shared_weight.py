@@ -247,6 +247,38 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    return my - b * mx, b
+
+
+def break_even(summary: list[dict]) -> dict:
+    """Lines through (layer bytes, broadcast ms) and (layer bytes, compute ms per layer);
+    per P >= 1 the layer size above which P layers of compute outlast one broadcast (None:
+    never, in the measured regime: the broadcast grows faster than the compute)."""
+    xs = [s["layer_bytes"] for s in summary]
+    if len(xs) < 2:
+        return {}
+    a, b = _fit(xs, [s["broadcast_ms"] for s in summary])
+    c, d = _fit(xs, [s["unsharded_ms_per_layer"] for s in summary])
+    out = {"broadcast_ms": {"a": round(a, 4), "b_ms_per_mib": round(b * 2**20, 4)},
+           "compute_ms": {"a": round(c, 4), "b_ms_per_mib": round(d * 2**20, 4)}}
+    for p in (1, 2):
+        # hidden at size S when a + b S <= p (c + d S), i.e. g(S) = (a - p c) + (b - p d) S <= 0
+        g0, slope = a - p * c, b - p * d
+        if slope < 0:  # compute grows faster: hides from some size up
+            out[f"P{p}"] = {"hides_from_bytes": max(0, round(-g0 / slope))}
+        elif slope > 0:  # the broadcast grows faster: hides only below some size, if at all
+            out[f"P{p}"] = {"hides_below_bytes": round(-g0 / slope) if g0 < 0 else None}
+        else:
+            out[f"P{p}"] = {"hides_everywhere": g0 <= 0}
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,7 +324,7 @@ def run(args) -> int:
         "plugin_commit": git_commit(), "machine": machine, "config": cfg,
         "primary_metric": "added_ms_per_layer", "higher_is_better": False,
         "total_runtime_s": round(time.perf_counter() - t0, 1),
-        "summary": summary, "results": ranks[0]["sizes"], "rank1_results": ranks[1]["sizes"],
+        "summary": summary, "break_even": break_even(summary), "results": ranks[0]["sizes"], "rank1_results": ranks[1]["sizes"],
         "fingerprint": fingerprint(config_from_args(args)),
     }
     out.write_text(json.dumps(doc) + "\n")
@@ -306,6 +338,7 @@ def run(args) -> int:
               f"{s['unsharded_ms_per_layer']:>7.2f} {cells}  {s['modes']['P1']['hides']}")
     print("ms per layer (p50); +ms: added vs unsharded; wait: blocked in the ring's wait; "
           "bcast: one layer's blocking broadcast; base: unsharded compute per layer")
+    print(f"break-even (linear fits over the sizes): {json.dumps(doc['break_even'])}")
     print(f"wrote {out} ({doc['total_runtime_s']:.0f} s)")
     return 0
 
