@@ -149,6 +149,11 @@ class SeriesRing:
             w.wait()
         self.wait_seconds += time.perf_counter() - t0
         if head.slot is not None:
+            # The collective wrote the buffer outside autograd: bump the version counters so
+            # caches of data derived from a tensor (the reference backend's prepacked
+            # weights, keyed on storage + version) see new contents, not the last layer's.
+            for t in self.slots[head.slot].values():
+                torch.autograd.graph.increment_version(t)
             self._busy[head.slot] = False
         return head.slot
 

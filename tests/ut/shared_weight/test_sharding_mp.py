@@ -7,8 +7,10 @@ Per rank, the parent checks:
 
 - outputs: sharded == unsharded over two steps (the second runs on buffers the first step's
   last layers prefetched: the ring wrapped), eager and under ``torch.compile`` (fullgraph:
-  the custom ops are in the graph); W8A8_DYNAMIC exactly (same int8 kernel), float32 within
-  rounding (F.linear vs vLLM's CPU GEMM), and float32 against a float64 oracle;
+  the custom ops are in the graph; compared with the unsharded model compiled the same
+  way); W8A8_DYNAMIC exactly (same int8 kernel, the received buffers' prepacked forms
+  rebuilt), float32 within rounding (F.linear vs vLLM's CPU GEMM), and float32 against a
+  float64 oracle;
 - reads: a rank read no tensor of a layer it does not own;
 - bytes: the series' live parameter + buffer storages on the rank, sharded vs unsharded:
   (owned layers + ring buffers) x layer bytes, about 1/N of unsharded plus the ring;
@@ -92,6 +94,8 @@ def _worker(rank: int, world: int, port: int, scheme: str, prefetch: int, out: s
             xs = [torch.randn(M, toy.K, generator=gen) for _ in range(2)]
             with torch.no_grad():
                 result["ref"] = [ref(x) for x in xs]
+                ref_compiled = torch.compile(ref, fullgraph=True, dynamic=False)
+                result["ref_compiled"] = [ref_compiled(x) for x in xs]
                 result["eager"] = [model(x) for x in xs]
                 compiled = torch.compile(model, fullgraph=True, dynamic=False)
                 result["stage"] = "compiled"
@@ -148,8 +152,8 @@ def test_sharded_series_matches_unsharded(tmp_path, world, scheme, prefetch):
 
     results = _spawn(tmp_path, world, scheme, prefetch)
     for rank, r in enumerate(results):
-        for mode in ("eager", "compiled"):
-            for step, (got, want) in enumerate(zip(r[mode], r["ref"])):
+        for mode, base in (("eager", "ref"), ("compiled", "ref_compiled")):
+            for step, (got, want) in enumerate(zip(r[mode], r[base])):
                 if scheme == "FLOAT":
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
                     torch.testing.assert_close(got.double(), r["oracle"][step], rtol=1e-4,
