@@ -83,8 +83,11 @@ class SeriesRing:
         n = slots_needed(num_layers, prefetch_step, owned)
         #: buffers ``[slot] -> {name: tensor}``; ``slot_layer[slot]``: the layer it holds
         #: (or is receiving), -1 before the first
-        self.slots = [{s.name: torch.empty(s.shape, dtype=s.dtype, device=device)
-                       for s in specs} for _ in range(n)]
+        # Normal tensors even when built under inference mode: their version counters are
+        # how derived-data caches learn that a broadcast rewrote them (wait()).
+        with torch.inference_mode(False):
+            self.slots = [{s.name: torch.empty(s.shape, dtype=s.dtype, device=device)
+                           for s in specs} for _ in range(n)]
         self.slot_layer = [-1] * n
         self._busy = [False] * n  # receiving, not yet waited on
         self._fifo: deque[_InFlight] = deque()
