@@ -21,6 +21,9 @@ def register_all() -> None:
     ops.bind()
     register_ops()
     register_quantization()
+    from vllm_ascend.shared_weight.loader import register_loader
+
+    register_loader()
     # vLLM runs general plugins in every process it starts (API server, engine core,
     # workers); the platform's check_and_update_config only in the one that builds the
     # config. Logging here makes the startup line true for every process.

@@ -48,9 +48,23 @@ def moe_classes(model) -> tuple[list[str], list[str]]:
     return sorted(names), sorted(comms)
 
 
+def _memory(model) -> dict:
+    """This worker's live tensor bytes (model parameters / buffers and, when layer sharding
+    is on, its ring buffers) and the process's resident set (VmRSS), in bytes."""
+    from vllm_ascend.shared_weight.sharding import resident_bytes
+
+    out = resident_bytes(model)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                out["rss"] = int(line.split()[1]) * 1024
+    return out
+
+
 def _probe(model) -> dict:
     moe, comms = moe_classes(model)
-    return {"layers": layer_classes(model), "moe": moe, "comm_methods": comms}
+    return {"layers": layer_classes(model), "moe": moe, "comm_methods": comms,
+            "memory": _memory(model)}
 
 
 def _free_port() -> int:
@@ -86,6 +100,7 @@ def _run_dp(args) -> int:
     by_prompt = {r["prompt"]: r for part in parts for r in part["results"]}
     merged["results"] = [by_prompt[p] for p in PROMPTS]
     merged["eplb"] = [w for part in parts for w in part.get("eplb") or []]
+    merged["memory"] = [part["memory"] for part in parts]  # per DP rank
     merged["rounds"] = [[{r["prompt"]: r for part in parts for r in part["rounds"][i]}[p]
                          for p in PROMPTS] for i in range(len(parts[0]["rounds"]))]
     Path(args.out).write_text(json.dumps(merged))

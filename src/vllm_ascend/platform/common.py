@@ -14,6 +14,8 @@ ADDITIONAL_CONFIG_KEYS: dict[str, str] = {
     "eplb": "dynamic expert-parallel load balancing (docs/eplb.md): enabled, policy, "
             "num_redundant_experts, window_size, step_interval, layers_per_step, collect, "
             "expert_map_path, record_path, log_balancedness, mode, transfer_timeout_s",
+    "layer_sharding": "shared-weight linear layers (docs/shared_weight.md): layers (module "
+                      "suffixes, e.g. [\"o_proj\"]), prefetch_step",
 }
 
 
@@ -62,3 +64,6 @@ def validate_additional_config(vllm_config) -> None:
     from vllm_ascend.eplb.config import parse_eplb_config
 
     parse_eplb_config(section.get("eplb"))  # every field checked at start-up, by name
+    from vllm_ascend.shared_weight.config import parse_layer_sharding
+
+    parse_layer_sharding(section.get("layer_sharding"))

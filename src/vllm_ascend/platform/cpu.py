@@ -30,6 +30,9 @@ class AscendCPUPlatform(CpuPlatform):
         from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
 
         maybe_enable_ascend_quantization(vllm_config)
+        from vllm_ascend.shared_weight.activate import configure_layer_sharding
+
+        configure_layer_sharding(vllm_config)
         from vllm_ascend.worker.cpu_worker import VLLM_CPU_WORKER_CLS, WORKER_CLS
 
         parallel = vllm_config.parallel_config

@@ -154,6 +154,9 @@ class NPUPlatform(Platform):
         from vllm_ascend.quantization.detect import maybe_enable_ascend_quantization
 
         maybe_enable_ascend_quantization(vllm_config)
+        from vllm_ascend.shared_weight.activate import configure_layer_sharding
+
+        configure_layer_sharding(vllm_config)
         parallel_config = vllm_config.parallel_config
         if parallel_config.worker_cls == "auto":
             parallel_config.worker_cls = WORKER_CLS

@@ -328,7 +328,7 @@ def test_validate_additional_config_known_keys(monkeypatch):
 
     monkeypatch.setitem(common.ADDITIONAL_CONFIG_KEYS, "known", "a documented key")
     common.validate_additional_config(SimpleNamespace(additional_config={"ascend": {"known": 3}}))
-    with pytest.raises(ValueError, match=r"\['typo'\]; accepted keys: eplb, known, moe_comm"):
+    with pytest.raises(ValueError, match=r"\['typo'\]; accepted keys: eplb, known, layer_sharding, moe_comm"):
         common.validate_additional_config(
             SimpleNamespace(additional_config={"ascend": {"known": 3, "typo": 4}})
         )
