@@ -7,11 +7,14 @@ the server backend, every other quant scheme, SmolLM2-135M few-shot tasks, the t
 under TP2+EP / DP2+EP with and without EPLB (answers equal to the single process).
 
 Results and ``report.md`` go to ``$VLLM_ASCEND_ACCURACY_RESULTS`` (default: a pytest
-temporary directory); the report's path is printed at the end of the session.
+temporary directory); the report's path is printed at the end of the session. With
+``VLLM_ASCEND_ACCURACY_REUSE=1`` a config whose ``<name>.json`` is already there is not run
+again (to re-judge or extend an earlier session's results).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,8 +44,12 @@ def results_dir(tmp_path_factory) -> Path:
 def results(results_dir):
     """name -> result, each config evaluated at most once per session."""
     done: dict[str, dict] = {}
+    reuse = os.environ.get("VLLM_ASCEND_ACCURACY_REUSE") == "1"
 
     def get(name: str) -> dict:
+        cached = results_dir / f"{name}.json"
+        if name not in done and reuse and cached.is_file():
+            done[name] = {**json.loads(cached.read_text()), "log": "(reused)"}
         if name not in done:
             done[name] = runner.evaluate(CONFIGS[name], results_dir)
         return done[name]
