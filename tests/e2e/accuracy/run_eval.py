@@ -42,7 +42,7 @@ def model_args(cfg: cfg_mod.Config, model: str, base_url: str | None,
     args = {
         "pretrained": model, "dtype": "float32", "add_bos_token": True, "seed": 0,
         "max_model_len": cfg.max_model_len, "enforce_eager": cfg.enforce_eager,
-        "tensor_parallel_size": cfg.tensor_parallel_size, "batch_size": "auto",
+        "tensor_parallel_size": cfg.tensor_parallel_size,
     }
     if cfg.enable_expert_parallel:
         args["enable_expert_parallel"] = True
