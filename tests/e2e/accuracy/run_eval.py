@@ -6,8 +6,12 @@
 Without ``--base-url``: lm-eval's in-process ``vllm`` backend (one engine in this process
 tree, through the plugin). With it: lm-eval's ``local-completions`` backend, an OpenAI
 client over HTTP against a running ``vllm serve`` (token-id prompts, tokenized by
-lm-eval with the checkpoint's tokenizer). Both add BOS (``add_bos_token=True``): the
-tokenizers prepend it, and lm-eval's default would drop it.
+lm-eval with the checkpoint's tokenizer). Both encode with the tokenizer's own special
+tokens, as ``vllm serve`` does for a text prompt: the tiny adder's tokenizer prepends BOS
+(its model collapses without it), SmolLM2's adds none. ``local-completions`` needs
+``add_bos_token=True`` for that (its default encodes without special tokens); the ``vllm``
+backend must *not* get it (it would make vLLM's tokenizer force a BOS, ``<|im_start|>`` for
+SmolLM2, and the two backends' prompts would differ).
 
 The JSON: ``{"config", "backend", "seconds", "tasks": {task: {"metrics": {key: value},
 "stderr": {key: value}, "n": items, "samples": [{"doc_id", "scores": {metric: value},
@@ -40,7 +44,7 @@ def model_args(cfg: cfg_mod.Config, model: str, base_url: str | None,
             "max_length": cfg.max_model_len, "seed": 0,
         }
     args = {
-        "pretrained": model, "dtype": "float32", "add_bos_token": True, "seed": 0,
+        "pretrained": model, "dtype": "float32", "seed": 0,
         "max_model_len": cfg.max_model_len, "enforce_eager": cfg.enforce_eager,
         "tensor_parallel_size": cfg.tensor_parallel_size,
     }
