@@ -117,3 +117,16 @@ def test_tokenizer_adds_bos():
     assert tok.bos_token_id == tokenizer.BOS_ID and tok.eos_token_id == tokenizer.EOS_ID
     assert tok.decode(tokenizer.encode("9750") + [tokenizer.EOS_ID],
                       skip_special_tokens=True) == "9750"
+
+
+def test_both_backends_encode_with_the_tokenizers_special_tokens():
+    """local-completions needs add_bos_token=True (its default drops special tokens); the
+    vllm backend must not get it (vLLM's tokenizer would then force a BOS)."""
+    from tests.e2e.accuracy import run_eval
+
+    cfg = config.load(config.CONFIG_DIR / "tiny-adder-fp32.yaml")
+    kind, args = run_eval.model_args(cfg, "/m", None, None)
+    assert kind == "vllm" and "add_bos_token" not in args
+    kind, args = run_eval.model_args(cfg, "/m", "http://127.0.0.1:1", "x")
+    assert kind == "local-completions" and args["add_bos_token"] is True
+    assert args["base_url"] == "http://127.0.0.1:1/v1/completions" and args["tokenizer"] == "/m"
