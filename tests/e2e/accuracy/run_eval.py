@@ -52,8 +52,9 @@ def model_args(cfg: cfg_mod.Config, model: str, base_url: str | None,
         args["enable_expert_parallel"] = True
     if cfg.additional_config:
         args["additional_config"] = cfg.additional_config
-    if cfg.tensor_parallel_size > 1:
-        args["distributed_executor_backend"] = "mp"
+    # One rank: the worker runs in the engine's process ("uni"); a separate worker process
+    # costs ~30 s of start-up here (it imports torch and vLLM again).
+    args["distributed_executor_backend"] = "mp" if cfg.tensor_parallel_size > 1 else "uni"
     return "vllm", args
 
 
