@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from bench import ab, compare, decode, eplb, eplb_serve, moe, ops, quant_decode, serve, shared_weight
+from bench import (ab, compare, decode, eplb, eplb_serve, moe, ops, quant_decode, serve,
+                   shared_weight)
 from bench import run as run_suites
 
 
