@@ -5,7 +5,9 @@
   plugin (fp32 vs W8A8_DYNAMIC vs W4A8_DYNAMIC) against the memory-bandwidth floor;
 - ``python -m bench eplb``: EPLB placement policies on trace-driven expert loads (balancedness,
   slots moved, planner time);
-- ``python -m bench compare BASE.json HEAD.json``: regression, improvement or noise per metric.
+- ``python -m bench compare BASE.json HEAD.json``: regression, improvement or noise per metric;
+- ``python -m bench ab BASE_REF [HEAD_REF] SUITE``: both commits built in worktrees, the
+  suite run on them interleaved, then compared.
 
 Results are JSON files (default ``bench/results/``, gitignored); see docs/benchmarks.md.
 """
@@ -51,13 +53,14 @@ def csv_choices(choices, what: str):
     return parse
 
 
-def run_logged(cmd: list[str], env: dict, log, verbose: bool, rename=None):
-    """Run a benchmark child, its output appended to ``log``; its ``[bench]`` lines (every
-    line when ``verbose``; passed through ``rename``) go to stderr. -> (exit status, the last
-    40 lines). Interrupting the parent terminates the child."""
+def run_logged(cmd: list[str], env: dict, log, verbose: bool, rename=None, cwd=None):
+    """Run a benchmark child (in ``cwd``, default the repository root), its output appended
+    to ``log``; its ``[bench]`` lines (every line when ``verbose``; passed through
+    ``rename``) go to stderr. -> (exit status, the last 40 lines). Interrupting the parent
+    terminates the child."""
     import subprocess
 
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, text=True, errors="replace",
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd or REPO_ROOT, text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: list[str] = []
     try:

@@ -1,6 +1,6 @@
-"""``bench <subcommand>`` (or ``python -m bench``): decode, quant-decode, moe, eplb,
+"""``bench <subcommand>`` (or ``python -m bench``): decode, quant-decode, serve, moe, eplb,
 eplb-serve, ops (run a benchmark), run (several suites in sequence), compare (two result
-files)."""
+files), ab (two commits built, run interleaved and compared)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from bench import compare, decode, eplb, eplb_serve, moe, ops, quant_decode
+from bench import ab, compare, decode, eplb, eplb_serve, moe, ops, quant_decode, serve
 from bench import run as run_suites
 
 
@@ -21,12 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     decode.add_parser(sub)
     quant_decode.add_parser(sub)
+    serve.add_parser(sub)
     moe.add_parser(sub)
     eplb.add_parser(sub)
     eplb_serve.add_parser(sub)
     ops.add_parser(sub)
     run_suites.add_parser(sub)
     compare.add_parser(sub)
+    ab.add_parser(sub)
     return parser
 
 

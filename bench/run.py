@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 #: Suites ``bench run`` accepts, in the order of ``bench --help``.
-SUITES = ("decode", "quant-decode", "moe", "eplb", "eplb-serve", "ops")
+SUITES = ("decode", "quant-decode", "serve", "moe", "eplb", "eplb-serve", "ops")
 
 
 def suite_list(items: list[str]) -> list[str]:

@@ -1,9 +1,11 @@
 """``bench ops``: per-operator microbenchmarks (``bench/ops/test_kernels.py``) through
 pytest-benchmark, converted into a bench result file (``bench/ops/convert.py``).
 
-Runs ``python -m pytest`` on the benchmark file in a child process with pytest-benchmark's
-JSON output (raw timings kept), then writes ``{"benchmark": "ops", ...}`` with one result
-per (op, shape, variant) and the fingerprint. Exit status: pytest's when it fails (1 tests
+Runs ``python -m pytest`` on the benchmark file ``--runs`` times, each in a fresh child
+process with pytest-benchmark's JSON output (raw timings kept), then writes
+``{"benchmark": "ops", ...}`` with one result per (op, shape, variant) whose samples are one
+value per run, its minimum or median (``bench/ops/convert.py`` says why the rounds of one
+run are not independent samples) and the fingerprint. Exit status: pytest's when a run fails (1 tests
 failed, 4 usage error, 5 nothing selected), else 0.
 """
 
@@ -41,8 +43,9 @@ def pytest_command(args, json_path: Path) -> list[str]:
 
 
 def run(args) -> int:
-    if args.rounds < 1 or args.max_time <= 0 or args.warmup < 0:
-        raise SystemExit("bench ops: --rounds must be >= 1, --max-time > 0, --warmup >= 0")
+    if args.runs < 1 or args.rounds < 1 or args.max_time <= 0 or args.warmup < 0:
+        raise SystemExit("bench ops: --runs and --rounds must be >= 1, --max-time > 0, "
+                         "--warmup >= 0")
     stamp = dt.datetime.now(dt.timezone.utc)
     out = Path(args.out) if args.out else RESULTS_DIR / f"ops-{stamp:%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -50,16 +53,20 @@ def run(args) -> int:
         filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")])))
     machine = machine_info()
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "pytest-benchmark.json"
-        cmd = pytest_command(args, raw)
-        print(f"[bench] ops: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        code = subprocess.run(cmd, env=env, cwd=PACKAGE_PARENT).returncode
-        if code:
-            print(f"bench ops: pytest exited with status {code}", file=sys.stderr)
-            return code
+        raws = [Path(tmp) / f"pytest-benchmark-{i}.json" for i in range(args.runs)]
+        for i, raw in enumerate(raws):
+            cmd = pytest_command(args, raw)
+            shown = f": {' '.join(cmd[1:])}" if i == 0 or args.verbose else ""
+            print(f"[bench] ops: run {i + 1}/{args.runs}{shown}", file=sys.stderr, flush=True)
+            code = subprocess.run(cmd, env=env, cwd=PACKAGE_PARENT,
+                                  stdout=None if args.verbose else subprocess.DEVNULL).returncode
+            if code:
+                print(f"bench ops: pytest exited with status {code} in run {i + 1} "
+                      "(-v shows its output)", file=sys.stderr)
+                return code
         try:
-            doc = convert(json.loads(raw.read_text()),
-                          fingerprint=fingerprint(config_from_args(args)))
+            doc = convert([json.loads(raw.read_text()) for raw in raws],
+                          fingerprint=fingerprint(config_from_args(args)), per_run=args.per_run)
         except (OSError, json.JSONDecodeError, ConversionError) as e:
             print(f"bench ops: cannot convert pytest-benchmark's output: {e}", file=sys.stderr)
             return 2
@@ -74,12 +81,19 @@ def add_parser(sub) -> None:
     p = sub.add_parser("ops", help="per-operator microbenchmarks (reference backend, csrc "
                        "kernels) via pytest-benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="result JSON (default: bench/results/ops-<UTC time>.json)")
-    p.add_argument("--rounds", type=int, default=10,
-                   help="minimum timed rounds per benchmark (10; `bench compare` needs >= 4)")
-    p.add_argument("--max-time", type=float, default=0.5,
-                   help="seconds per benchmark beyond the minimum rounds (0.5)")
+    p.add_argument("--runs", type=int, default=5,
+                   help="pytest processes, one sample per benchmark each "
+                   "(5; `bench compare` needs >= 4)")
+    p.add_argument("--per-run", choices=("min", "median"), default="min",
+                   help="a run's sample: the minimum (default: other jobs only slow rounds "
+                   "down) or the median of its rounds")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="minimum timed rounds per benchmark and run (5)")
+    p.add_argument("--max-time", type=float, default=0.2,
+                   help="seconds per benchmark and run beyond the minimum rounds (0.2)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed warm-up calls per benchmark (2: first calls build caches)")
     p.add_argument("-k", dest="filter", metavar="EXPR",
                    help="pytest -k expression selecting benchmarks (e.g. grouped_matmul)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     p.set_defaults(run=run)

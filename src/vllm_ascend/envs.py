@@ -23,3 +23,26 @@ def platform_mode() -> str:
             f"accepted values: {', '.join(PLATFORM_CHOICES)}"
         )
     return mode
+
+
+#: TEST ONLY: a deliberate decode slowdown (``bench ab``'s demonstration that a regression is
+#: flagged). A fraction: after each decode step's forward the worker sleeps that fraction of
+#: the forward's duration (0.2: the forward takes 1.2x as long). Unset or 0: no effect.
+DECODE_SLOWDOWN_ENV = "VLLM_ASCEND_TEST_DECODE_SLOWDOWN"
+DECODE_SLOWDOWN_MAX = 10.0
+
+
+def decode_slowdown() -> float:
+    """The value of VLLM_ASCEND_TEST_DECODE_SLOWDOWN as a fraction in [0, 10] (default 0)."""
+    raw = os.environ.get(DECODE_SLOWDOWN_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= DECODE_SLOWDOWN_MAX:  # also rejects nan
+        raise AscendConfigError(
+            f"environment variable {DECODE_SLOWDOWN_ENV}={raw!r} is not valid; accepted "
+            f"values: a fraction from 0 to {DECODE_SLOWDOWN_MAX:g} (e.g. 0.2), or unset")
+    return value

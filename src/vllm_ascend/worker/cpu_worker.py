@@ -1,15 +1,18 @@
-"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks."""
+"""The CPU-hosted platform's worker: vLLM's CPU worker plus the plugin's EPLB step hooks
+(and the test-only decode slowdown, :mod:`vllm_ascend.worker.step_delay`)."""
 
 from __future__ import annotations
 
 from vllm.v1.worker.cpu_worker import CPUWorker
 
 from vllm_ascend.worker.eplb_worker import EplbWorkerMixin
+from vllm_ascend.worker.step_delay import DecodeSlowdownMixin
 
 #: vLLM's CPU worker, which the platform replaces by :data:`WORKER_CLS`.
 VLLM_CPU_WORKER_CLS = "vllm.v1.worker.cpu_worker.CPUWorker"
 WORKER_CLS = "vllm_ascend.worker.cpu_worker.AscendCPUWorker"
 
 
-class AscendCPUWorker(EplbWorkerMixin, CPUWorker):
-    """``CPUWorker`` with :class:`EplbWorkerMixin` (a no-op unless EPLB is enabled)."""
+class AscendCPUWorker(DecodeSlowdownMixin, EplbWorkerMixin, CPUWorker):
+    """``CPUWorker`` with :class:`EplbWorkerMixin` (a no-op unless EPLB is enabled) and the
+    test-only :class:`DecodeSlowdownMixin` (a no-op unless its variable is set)."""
