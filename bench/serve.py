@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import RESULTS_DIR, csv_list, machine_info, run_logged
+from bench.procs import stop_group
 from bench.fingerprint import config_from_args, fingerprint
 
 SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -115,16 +115,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: flo
         time.sleep(2)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL after 60 s."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+stop = stop_group  # SIGTERM the server's process group, SIGKILL after 60 s
 
 
 def per_request_ms(raw: dict) -> dict[str, list]:

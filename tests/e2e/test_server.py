@@ -7,9 +7,7 @@ normal 4xx answers while the server stays up.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +15,7 @@ import time
 import pytest
 import requests
 
+from bench.procs import stop_group
 from tests.e2e.conftest import REPO, vllm_env
 
 pytestmark = pytest.mark.e2e
@@ -64,12 +63,7 @@ def server(tmp_path_factory):
             time.sleep(2)
         yield base, log_path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

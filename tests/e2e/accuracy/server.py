@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from bench.procs import stop_group
 from tests.e2e.accuracy.config import Config
 
 STARTUP_TIMEOUT_S = 900
@@ -71,9 +70,4 @@ def serving(cfg: Config, model: Path, env: dict[str, str], log_path: Path,
                 time.sleep(1)
             yield base
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
