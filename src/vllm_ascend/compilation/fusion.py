@@ -42,8 +42,22 @@ from vllm.config import VllmConfig
 from vllm_ascend.device import ops
 from vllm_ascend.logger import logger
 
-#: RMSNorm epsilons a pattern is registered for (the pattern bakes the constant in).
+#: RMSNorm epsilons a pattern is registered for (the pattern bakes the constant in), besides
+#: the model's own (:func:`model_epsilons`).
 EPSILONS = (1e-5, 1e-6)
+#: Config fields holding a model's norm epsilon.
+EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+
+
+def model_epsilons(config: VllmConfig) -> tuple[float, ...]:
+    """The norm epsilons of the model's config, exactly as its layers bake them into the graph.
+
+    The matcher compares constants exactly: a checkpoint converted from GGUF stores
+    ``rms_norm_eps`` as float32, so SmolLM2's is ``9.999999747378752e-06``, not ``1e-5``."""
+    model = config.model_config
+    hf = getattr(model, "hf_text_config", None) if model is not None else None
+    found = [getattr(hf, name, None) for name in EPS_FIELDS if hf is not None]
+    return tuple(float(eps) for eps in found if isinstance(eps, (int, float)))
 #: Replacements made in this process, by pattern name.
 stats: Counter = Counter()
 
@@ -117,10 +131,15 @@ class AscendQuantFusionPass(VllmFusionPatternMatcherPass):
         super().__init__(config, "ascend_quant_fusion_pass")
         dtype = self.model_dtype if isinstance(self.model_dtype, torch.dtype) else torch.float32
         ops.bind()  # resolve the facade and probe the fast paths before tracing patterns
-        for eps in EPSILONS:
+        self.epsilons = tuple(dict.fromkeys((*model_epsilons(config), *EPSILONS)))
+        for eps in self.epsilons:
             self.register(AddRMSNormDynamicQuant(eps, dtype))
         self.register(SwiGLUDynamicQuant(dtype))
         self.dump_patterns(config, self.pm_pass)
+
+    def uuid(self) -> str:
+        """The source hash plus the registered epsilons and dtype (Inductor's cache key)."""
+        return f"{super().uuid()}-{self.epsilons}-{self.model_dtype}"
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         super().__call__(graph)

@@ -19,6 +19,9 @@ class AscendCPUWorker(DecodeSlowdownMixin, EplbWorkerMixin, CPUWorker):
     test-only :class:`DecodeSlowdownMixin` (a no-op unless its variable is set)."""
 
     def load_model(self, *args, **kwargs):
+        from vllm_ascend.compilation.pass_manager import install_for_plain_inductor
+
+        install_for_plain_inductor(self.vllm_config)  # before the model's compile wrapper
         out = super().load_model(*args, **kwargs)
         from vllm.config import CompilationMode
 

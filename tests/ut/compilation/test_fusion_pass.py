@@ -118,3 +118,82 @@ def test_cpu_platform_names_the_pass_manager():
     from vllm_ascend.platform.cpu import AscendCPUPlatform
 
     assert resolve_obj_by_qualname(AscendCPUPlatform.get_pass_manager_cls()) is AscendPassManager
+
+
+def _config(mode, backend="inductor"):
+    from vllm.config import VllmConfig
+
+    config = VllmConfig()  # (its post-init on the CPU platform rewrites the mode: set after)
+    config.compilation_config.mode, config.compilation_config.backend = mode, backend
+    return config
+
+
+def test_plain_inductor_compile_gets_the_fusion_pass():
+    """vLLM's CPU platform compiles with DYNAMO_TRACE_ONCE + the "inductor" backend (plain
+    torch.compile, no pass manager): the worker puts the pass into Inductor's options."""
+    from vllm.config import CompilationMode
+
+    from vllm_ascend.compilation.fusion import AscendQuantFusionPass
+    from vllm_ascend.compilation.pass_manager import POST_GRAD_KEY, install_for_plain_inductor
+
+    config = _config(CompilationMode.DYNAMO_TRACE_ONCE)
+    assert install_for_plain_inductor(config)
+    installed = config.compilation_config.inductor_compile_config[POST_GRAD_KEY]
+    assert isinstance(installed, AscendQuantFusionPass)
+    assert install_for_plain_inductor(config)  # idempotent: the same pass stays
+    assert config.compilation_config.inductor_compile_config[POST_GRAD_KEY] is installed
+    for mode, backend in [(CompilationMode.VLLM_COMPILE, "inductor"),
+                          (CompilationMode.DYNAMO_TRACE_ONCE, "eager"),
+                          (CompilationMode.NONE, "inductor")]:
+        other = _config(mode, backend)
+        assert not install_for_plain_inductor(other)
+        assert POST_GRAD_KEY not in other.compilation_config.inductor_compile_config
+
+
+def test_plain_inductor_refuses_to_replace_another_pass():
+    from vllm.config import CompilationMode
+
+    from vllm_ascend.compilation.pass_manager import POST_GRAD_KEY, install_for_plain_inductor
+
+    config = _config(CompilationMode.DYNAMO_TRACE_ONCE)
+    theirs = _Capture(lambda graph: None)
+    config.compilation_config.inductor_compile_config[POST_GRAD_KEY] = theirs
+    with pytest.raises(ValueError, match="post_grad_custom_post_pass.*already set"):
+        install_for_plain_inductor(config)
+    assert config.compilation_config.inductor_compile_config[POST_GRAD_KEY] is theirs
+
+
+def test_model_epsilon_is_matched_exactly(fusion_pass):
+    """A GGUF-converted config stores rms_norm_eps as float32 (SmolLM2: 9.999999747378752e-06):
+    the pattern for that exact constant is registered, and matches where 1e-5's would not."""
+    import types
+
+    from vllm.config import VllmConfig
+
+    from vllm_ascend.compilation.fusion import AscendQuantFusionPass, model_epsilons
+
+    eps32 = float(torch.tensor(1e-5, dtype=torch.float32))
+    assert eps32 == 9.999999747378752e-06 != 1e-5
+    config = VllmConfig()
+    config.model_config = types.SimpleNamespace(
+        hf_text_config=types.SimpleNamespace(rms_norm_eps=eps32), dtype=torch.float32)
+    assert model_epsilons(config) == (eps32,)
+    assert model_epsilons(VllmConfig()) == ()
+    own = AscendQuantFusionPass(config)
+    assert own.epsilons[0] == eps32 and own.uuid() != fusion_pass.uuid()
+
+    torch._dynamo.reset()
+    gamma = torch.rand(H) + 0.5
+
+    def f(x, residual):  # a literal: Dynamo makes a closure's float a graph input
+        y, _, x_sum = ops.npu_add_rms_norm(x, residual, gamma, 9.999999747378752e-06)
+        return (*ops.npu_dynamic_quant(y), x_sum)
+
+    for pass_, matches in [(own, 1), (fusion_pass, 0)]:
+        torch._dynamo.reset()
+        compiled = torch.compile(f, backend="inductor", dynamic=True, fullgraph=True,
+                                 options={"post_grad_custom_post_pass": _Capture(pass_),
+                                          "fx_graph_cache": False})
+        compiled(torch.randn(4, H), torch.randn(4, H))
+        assert pass_.matched_count == matches
+    torch._dynamo.reset()
