@@ -1,4 +1,5 @@
-"""Stopping a server started in its own process group (``start_new_session=True``)."""
+"""Stopping a child process started in its own process group (``start_new_session=True``):
+bench serve's and the accuracy gate's servers, the server e2e test, nightly steps over their limit."""
 
 from __future__ import annotations
 

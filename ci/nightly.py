@@ -35,16 +35,17 @@ import datetime as dt
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procs import stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 #: bench run's suites (``bench.run.SUITES``; a unit test keeps the two equal).
-SUITES = ("decode", "quant-decode", "serve", "moe", "eplb", "eplb-serve", "ops")
+SUITES = ("decode", "quant-decode", "serve", "moe", "eplb", "eplb-serve", "ops", "shared-weight")
 STEP_NAMES = ("e2e-multicard", "e2e-eplb", "accuracy", "bench", "compare")
 
 
@@ -129,12 +130,7 @@ def run_step(step: Step, log_path: Path, limit_min: float) -> dict:
             code = proc.wait(timeout=max(limit_min, 0.01) * 60)
             timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
             code, timed_out = -1, True
     if step.name == "accuracy" and code == 5:  # pytest: nothing collected
         code = 0
