@@ -10,10 +10,15 @@ or ``safetensors``); the loader is vLLM's ``DefaultModelLoader`` plus three step
   read partially: every tensor is read and the non-owned ones dropped, with a warning);
 - after vLLM's ``process_weights_after_loading``: ``attach_sharding`` (rings built, first
   broadcasts started).
+
+``LOAD_FORMAT`` only selects this class: vLLM's file discovery (``_prepare_weights``) knows
+its own formats alone, so the loader keeps a copy of the load config with ``auto`` (which
+finds safetensors first, then ``.bin``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Generator
@@ -30,6 +35,11 @@ REPLACEABLE = ("auto", "safetensors")
 
 class LayerShardingLoader(DefaultModelLoader):
     plan = None  # vllm_ascend.shared_weight.sharding.ShardingPlan, set while loading
+
+    def __init__(self, load_config) -> None:
+        super().__init__(load_config)
+        # vLLM's file discovery raises on a load format it does not know (ours)
+        self.load_config = dataclasses.replace(load_config, load_format="auto")
 
     def load_model(self, vllm_config, model_config, prefix: str = ""):
         from vllm_ascend.shared_weight.config import layer_sharding_from

@@ -62,3 +62,19 @@ def test_skipped_tensors_are_counted_from_the_header_not_read(tmp_path, monkeypa
         assert torch.equal(got[name], tensors[name])
     assert stub._skipped == [2, 3 * 4 * 4 + 3 * 4]  # weight + weight_scale, fp32
     assert LOAD_FORMAT == "ascend_layer_sharding"
+
+
+def test_loader_finds_the_checkpoint_files_under_its_own_load_format(tmp_path):
+    """The platform sets load_format to LOAD_FORMAT (it selects this loader); vLLM's file
+    discovery only knows its own formats, so the loader must still find the safetensors."""
+    from vllm.config import LoadConfig
+    from vllm.model_executor.model_loader import get_model_loader
+
+    from vllm_ascend.shared_weight.loader import register_loader
+
+    register_loader()
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    loader = get_model_loader(LoadConfig(load_format=LOAD_FORMAT))
+    assert isinstance(loader, LayerShardingLoader)
+    _, files, use_safetensors, _ = loader._prepare_weights(str(tmp_path), None, None, True, None)
+    assert use_safetensors and files == [str(tmp_path / "model.safetensors")]
