@@ -70,7 +70,8 @@ def runs(tiny, tmp_path_factory):
                    "--out", str(out), "--max-tokens", str(MAX_TOKENS), *flags]
             proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(**env), capture_output=True,
                                   text=True, timeout=1500)
-            assert proc.returncode == 0, f"{arch} {name} failed:\n{proc.stderr[-8000:]}"
+            log = proc.stdout + proc.stderr  # vLLM logs (worker tracebacks too) go to stdout
+            assert proc.returncode == 0, f"{arch} {name} failed:\n{log[-8000:]}"
             done[key] = json.loads(out.read_text())
         return done[key]
 

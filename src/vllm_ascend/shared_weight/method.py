@@ -36,6 +36,9 @@ class ShardedLinearMethod(LinearMethodBase):
         self.out_features = out_features
         #: the series runtime's handle, set once the ring is built
         self.handle: int | None = None
+        #: the runtime itself: the model's layers keep it alive (the op registry holds it
+        #: weakly, so a released model's handle goes stale)
+        self.runtime = None
 
     def __getattr__(self, name: str):
         # Attributes vLLM reads off a quant method (e.g. ``quant_config``) are the layer's own.

@@ -115,7 +115,7 @@ class SeriesRuntime:
         self.shadows = [_shadow(template, slot) for slot in ring.slots]
         self.handle = register_runtime(self)
         for method in self.methods:
-            method.handle = self.handle
+            method.handle, method.runtime = self.handle, self
 
     def prefetch(self, layer: int) -> None:
         self.ring.start(self.ring.ahead(layer))

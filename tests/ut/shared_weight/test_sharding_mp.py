@@ -21,6 +21,7 @@ Per rank, the parent checks:
 from __future__ import annotations
 
 import datetime
+import gc
 import socket
 import traceback
 
@@ -85,10 +86,13 @@ def _worker(rank: int, world: int, port: int, scheme: str, prefetch: int, out: s
             result["read"] = toy.load(model, lazy, plan.skips)
             toy.process(model)
             (rt,) = attach_sharding(plan)
+            ring = rt.ring
+            del plan, rt  # the model alone keeps its runtime alive (vLLM's loader drops the plan)
+            gc.collect()
             result["bytes"] = (loaded if scheme == "FLOAT" else _series_bytes(ref),
-                               _series_bytes(model, rt.ring))
-            result["layer_bytes"] = sum(s.nbytes for s in rt.ring.specs)
-            result["slots"] = len(rt.ring.slots)
+                               _series_bytes(model, ring))
+            result["layer_bytes"] = sum(s.nbytes for s in ring.specs)
+            result["slots"] = len(ring.slots)
 
             gen = torch.Generator().manual_seed(3)
             xs = [torch.randn(M, toy.K, generator=gen) for _ in range(2)]
@@ -108,7 +112,7 @@ def _worker(rank: int, world: int, port: int, scheme: str, prefetch: int, out: s
                     result["skip"] = None
                 except RingOrderError as e:
                     result["skip"] = str(e)
-            result["broadcasts"] = rt.ring.broadcasts
+            result["broadcasts"] = ring.broadcasts
         torch.distributed.barrier()
         ps.destroy_model_parallel()
         ps.destroy_distributed_environment()
