@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import RESULTS_DIR, csv_list, machine_info, run_logged
-from bench.procs import stop_group
 from bench.fingerprint import config_from_args, fingerprint
+from bench.procs import free_port, stop_group
 
 SERVED_NAME = "SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_S = 900
@@ -51,12 +50,6 @@ SAMPLED = ("request_throughput", "output_throughput",
 
 def _log(msg: str) -> None:
     print(f"[bench] serve: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_cli() -> list[str]:

@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import socket
 import sys
 import time
 import traceback
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from bench import RESULTS_DIR, git_commit, machine_info
 from bench.fingerprint import config_from_args, fingerprint
+from bench.procs import free_port
 
 DEFAULT_SIZES = "1024x1024,2048x2048,4096x4096,8192x7168,16384x7168"
 MODES = ("unsharded", "P0", "P1", "P2")
@@ -279,12 +279,6 @@ def break_even(summary: list[dict]) -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(args) -> int:
     import torch.multiprocessing as mp
     import vllm
@@ -300,7 +294,7 @@ def run(args) -> int:
          f"{', '.join(f'{k}x{n}' for k, n in args.sizes)}, modes {', '.join(MODES)}")
     tmp = str(out.with_suffix(".rank"))
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, cfg, tmp)) for r in range(2)]
     for p in procs:
         p.start()

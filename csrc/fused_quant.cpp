@@ -21,8 +21,9 @@
 //     not computed (y = 0, scale = 0). Without group_index every row is computed, smooth row 0.
 //
 // The math is the reference's in fp32 (the sum of squares in double; silu's exp from a
-// degree-5 polynomial on AVX2, ~2 ulp), so results agree with it to fp32 rounding (the int8 values within one step where v / scale lies on a rounding
-// boundary): tests/ut/device/test_fused_quant_ops.py holds both to a float64 oracle.
+// degree-5 polynomial on AVX2, ~2 ulp), so results agree with it to fp32 rounding (the int8
+// values within one step where v / scale lies on a rounding boundary):
+// tests/ut/device/test_fused_quant_ops.py holds both to a float64 oracle.
 // The row loops are AVX2 (compiled per function: safe to load without AVX2, which falls back
 // to the scalar loops; the quantisation is bit-identical either way).
 // group_index is validated here (TORCH_CHECK_VALUE -> ValueError), so compiled graphs need no
@@ -42,6 +43,13 @@
 #include <vector>
 
 namespace {
+
+// round_half_even(q) clamped to [lo, 127], NaN -> 0 (the scalar int8 step of every loop).
+inline int8_t round_clamp_int8(float q, float lo) {
+  if (std::isnan(q)) return 0;
+  const float r = std::nearbyint(q);
+  return static_cast<int8_t>(r < lo ? lo : (r > 127.f ? 127.f : r));
+}
 
 template <typename T>
 inline float ld(const T* p, int64_t i) {
@@ -123,13 +131,7 @@ __attribute__((target("avx2,fma"))) float quant_row_avx2(const float* v, int8_t*
     _mm_storel_epi64(reinterpret_cast<__m128i*>(y + j), _mm_packs_epi16(i16, i16));
   }
   for (; j < h; ++j) {
-    const float q = v[j] / s;
-    if (std::isnan(q)) {
-      y[j] = 0;
-    } else {
-      const float r = std::nearbyint(q);
-      y[j] = static_cast<int8_t>(r < -127.f ? -127.f : (r > 127.f ? 127.f : r));
-    }
+    y[j] = round_clamp_int8(v[j] / s, -127.f);
   }
   return s;
 }
@@ -224,13 +226,7 @@ float quant_row_dynamic(const float* v, int8_t* y, int64_t h) {
   float s = nan ? std::numeric_limits<float>::quiet_NaN() : m / 127.0f;
   if (!(s > 0.f)) s = 1.0f;
   for (int64_t j = 0; j < h; ++j) {
-    const float q = v[j] / s;
-    if (std::isnan(q)) {
-      y[j] = 0;
-    } else {
-      const float r = std::nearbyint(q);
-      y[j] = static_cast<int8_t>(r < -127.f ? -127.f : (r > 127.f ? 127.f : r));
-    }
+    y[j] = round_clamp_int8(v[j] / s, -127.f);
   }
   return s;
 }
@@ -299,12 +295,7 @@ void norm_rows(const at::Tensor& x1, const c10::optional<at::Tensor>& x2, const 
         const float s = scales[scales_n == 1 ? 0 : j];
         float q = div_mode ? buf[j] / s : buf[j] * s;
         if (zps) q += zps[zps_n == 1 ? 0 : j];
-        if (std::isnan(q)) {
-          yr[j] = 0;
-        } else {
-          const float rq = std::nearbyint(q);
-          yr[j] = static_cast<int8_t>(rq < -128.f ? -128.f : (rq > 127.f ? 127.f : rq));
-        }
+        yr[j] = round_clamp_int8(q, -128.f);
       }
     }
   });

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.procs import free_port
 from tests.e2e.generate import PROMPTS, greedy_results, layer_classes
 
 
@@ -67,15 +67,9 @@ def _probe(model) -> dict:
             "memory": _memory(model)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_dp(args) -> int:
     """Start one copy of this script per DP rank; merge their outputs into ``args.out``."""
-    port = _free_port()
+    port = free_port()
     procs, outs = [], []
     for rank in range(args.dp):
         out = Path(f"{args.out}.dp{rank}")

@@ -8,14 +8,13 @@ normal 4xx answers while the server stays up.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 
 import pytest
 import requests
 
-from bench.procs import stop_group
+from bench.procs import free_port, stop_group
 from tests.e2e.conftest import REPO, vllm_env
 
 pytestmark = pytest.mark.e2e
@@ -24,15 +23,9 @@ MODEL = "SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_S = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     env = vllm_env(PORT=str(port))
     # Serve with the script's own KV-cache default, as a user does (vllm_env sizes it for
     # the other e2e tests).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import requests
 
-from bench.procs import stop_group
+from bench.procs import free_port, stop_group
 from tests.e2e.accuracy.config import Config
 
 STARTUP_TIMEOUT_S = 900
 SERVED_NAME = "accuracy-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_command(cfg: Config, model: Path, port: int, vllm_bin: str) -> list[str]:

@@ -18,7 +18,6 @@ tensors against the expert the placement names (exact: the bytes must be the che
 from __future__ import annotations
 
 import datetime
-import socket
 import traceback
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bench.procs import free_port
 from vllm_ascend.eplb.placement import validate_placement
 
 E, H, I = 8, 4, 6
@@ -135,12 +135,6 @@ def _worker(rank: int, world: int, port: int, redundant: int, out: str) -> None:
     torch.save(result, f"{out}.{rank}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_slots(snaps: list[list[dict]], world: int, slots_n: int) -> None:
     """Every rank's every slot holds exactly the tensors of the expert its placement names,
     and every rank agrees on the placement."""
@@ -167,7 +161,7 @@ def check_slots(snaps: list[list[dict]], world: int, slots_n: int) -> None:
 def test_fill_move_fail_record(tmp_path, world, redundant):
     out = str(tmp_path / "r")
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, redundant, out))
              for r in range(world)]
     for p in procs:

@@ -6,15 +6,10 @@ the tests that build layers run inside a world of size 1 (gloo), set up once per
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.procs import free_port
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +27,7 @@ def vllm_dist():
         with set_current_vllm_config(config):
             ps.init_distributed_environment(
                 world_size=1, rank=0, local_rank=0, backend="gloo",
-                distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
+                distributed_init_method=f"tcp://127.0.0.1:{free_port()}")
             ps.initialize_model_parallel(1, 1)
     yield config
     if built:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import datetime
 import gc
-import socket
 import traceback
 
 import pytest
 import torch
+
+from bench.procs import free_port
 
 LAYERS = 8
 M = 5  # tokens
@@ -121,18 +122,12 @@ def _worker(rank: int, world: int, port: int, scheme: str, prefetch: int, out: s
     torch.save(result, f"{out}.{rank}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(tmp_path, world: int, scheme: str, prefetch: int) -> list[dict]:
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "r")
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, scheme, prefetch, out))
              for r in range(world)]
     for p in procs:
