@@ -58,6 +58,8 @@ def model_epsilons(config: VllmConfig) -> tuple[float, ...]:
     hf = getattr(model, "hf_text_config", None) if model is not None else None
     found = [getattr(hf, name, None) for name in EPS_FIELDS if hf is not None]
     return tuple(float(eps) for eps in found if isinstance(eps, (int, float)))
+
+
 #: Replacements made in this process, by pattern name.
 stats: Counter = Counter()
 
