@@ -1,8 +1,8 @@
 """Quantize a Hugging Face causal LM into a checkpoint vLLM loads with vllm-ascend.
 
     python -m vllm_ascend.tools.quantize --model DIR --scheme SCHEME --out DIR
-        [--format modelslim|compressed-tensors] [--calib-prompts N] [--group-size G]
-        [--w4a8-format new|legacy] [--moe-scheme W8A8_DYNAMIC|W4A8_DYNAMIC|FLOAT]
+        [--format modelslim|compressed-tensors] [--calib-prompts N] [--calib-file F]
+        [--group-size G] [--w4a8-format new|legacy] [--moe-scheme W8A8_DYNAMIC|W4A8_DYNAMIC|FLOAT]
         [--smooth-alpha A] [--lm-head FLOAT|W8A8_DYNAMIC|W8A16] [--symmetric-activations] [--flatquant-transform random|identity]
         [--seed S] [--no-quantization-config] [--force] [--no-progress]
 
@@ -21,7 +21,8 @@ written config says ``"tie_word_embeddings": false`` (the input embedding stays 
 lm_head is a small model's largest weight, read once per decoded token.
 
 **Schemes** (``--format modelslim``, the default): W8A8 (static activations calibrated on
-``--calib-prompts`` built-in prompts through the fp32 model: per-layer input range ->
+``--calib-prompts`` prompts through the fp32 model, the built-in ones or ``--calib-file``'s
+(one prompt per line, or ``.jsonl`` objects with ``"text"``): per-layer input range ->
 ``input_scale`` / ``input_offset``, asymmetric unless ``--symmetric-activations``),
 W8A8_DYNAMIC (both: ``--smooth-alpha`` SmoothQuant folded into the norms / v_proj /
 up_proj, ``quantize_smooth``; default 0.5 for --scheme W8A8 / W8A8_DYNAMIC, off otherwise),
@@ -169,7 +170,8 @@ def check_inputs(model: Path, out: Path, force: bool) -> None:
 # ------------------------------------------------------------------------------ quantize
 
 def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "modelslim",
-             calib_prompts: int = DEFAULT_CALIB_PROMPTS, group_size: int | None = None,
+             calib_prompts: int | None = None, calib_file: str | Path | None = None,
+             group_size: int | None = None,
              w4a8_format: str = "new", moe_scheme: str | None = None, force: bool = False,
              symmetric_activations: bool = False, flatquant_transform: str = "random",
              seed: int = 0, quantization_config: bool = True, progress: bool = True,
@@ -178,7 +180,8 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     from transformers import AutoConfig
 
     from vllm_ascend.tools import quantize_write
-    from vllm_ascend.tools.quantize_calib import layer_stats
+    from vllm_ascend.tools.quantize_calib import CalibrationFileError, layer_stats, \
+        read_calibration_file
     from vllm_ascend.tools.quantize_math import activation_qparams
     from vllm_ascend.tools.quantize_smooth import ACT_QUANT, SmoothedSource, plan_smoothing
 
@@ -194,6 +197,14 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     if w4a8_format not in W4A8_FORMATS:
         raise QuantizeError(f"unknown --w4a8-format {w4a8_format!r}; accepted: "
                             + ", ".join(W4A8_FORMATS))
+    calib_texts = None
+    if calib_file is not None:
+        try:
+            calib_texts = read_calibration_file(calib_file)
+        except CalibrationFileError as exc:
+            raise QuantizeError(str(exc)) from None
+    if calib_prompts is None:  # default: the whole file, or 16 built-in prompts
+        calib_prompts = len(calib_texts) if calib_texts else DEFAULT_CALIB_PROMPTS
     if calib_prompts < 1:
         raise QuantizeError(f"--calib-prompts must be >= 1, got {calib_prompts}")
     if flatquant_transform not in ("random", "identity"):
@@ -226,8 +237,12 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     calib: dict[str, tuple[float, float]] = {}
     smoothing = None
     if static or alpha:
-        stats = layer_stats(str(model), hf_model, sorted(act_quant if alpha else static),
-                            calib_prompts, getattr(config, "vocab_size", 1000), seed, progress)
+        try:
+            stats = layer_stats(str(model), hf_model, sorted(act_quant if alpha else static),
+                                calib_prompts, getattr(config, "vocab_size", 1000), seed,
+                                progress, calib_texts)
+        except CalibrationFileError as exc:
+            raise QuantizeError(str(exc)) from None
         if alpha:
             smoothing = plan_smoothing(source, act_quant, stats, config, alpha)
             source = SmoothedSource(source, smoothing)
@@ -242,7 +257,8 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
         fmt=fmt, group=group, packed=w4a8_format == "new", calib=calib,
         symmetric_act=symmetric_activations, transform=flatquant_transform, seed=seed,
         progress=progress, smooth_alpha=alpha if smoothing else 0.0,
-        smooth_groups=smoothing.groups if smoothing else 0)
+        smooth_groups=smoothing.groups if smoothing else 0,
+        calib_source=Path(calib_file).name if calib_file is not None else "built-in prompts")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -323,8 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
                    + "; compressed-tensors: " + ", ".join(CT_SCHEMES))
     p.add_argument("--out", required=True, type=Path, help="directory to write")
     p.add_argument("--format", default="modelslim", choices=FORMATS, dest="fmt")
-    p.add_argument("--calib-prompts", type=int, default=DEFAULT_CALIB_PROMPTS,
-                   help=f"prompts for static W8A8 calibration (default {DEFAULT_CALIB_PROMPTS})")
+    p.add_argument("--calib-prompts", type=int, default=None,
+                   help="prompts for static W8A8 calibration and smoothing statistics "
+                   f"(default: all of --calib-file's, else {DEFAULT_CALIB_PROMPTS} built-in)")
+    p.add_argument("--calib-file", type=Path, default=None,
+                   help="calibration prompts: UTF-8 text, one per line, or .jsonl objects "
+                   "with a 'text' (or 'prompt') field (default: built-in English prompts)")
     p.add_argument("--group-size", type=int, default=None,
                    help="group size of W4A8_DYNAMIC (default 256) / W4A16 / W8A16 (default "
                    "per-channel; 128 for compressed-tensors W4A16); 0 = per-channel")
@@ -354,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = quantize(args.model, args.scheme, args.out, fmt=args.fmt,
-                       calib_prompts=args.calib_prompts, group_size=args.group_size,
+                       calib_prompts=args.calib_prompts, calib_file=args.calib_file,
+                       group_size=args.group_size,
                        w4a8_format=args.w4a8_format, moe_scheme=args.moe_scheme,
                        force=args.force, symmetric_activations=args.symmetric_activations,
                        flatquant_transform=args.flatquant_transform, seed=args.seed,

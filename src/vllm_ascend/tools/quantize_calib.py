@@ -7,7 +7,9 @@ maximum of its input over every token. W8A8 (static) turns each range into
 The shards of one fused vLLM layer (q/k/v, gate/up) see the same input, hence get the same
 range, as the scheme expects.
 
-The prompts are a built-in, varied list (instructions, prose, code, arithmetic, chat);
+The prompts are a built-in, varied list (instructions, prose, code, arithmetic, chat), or
+the user's own (``--calib-file``: text that looks like what the model will serve, which the
+built-in English cannot stand in for when the model's domain is narrow);
 ``--calib-prompts N`` takes the first N. A checkpoint without a tokenizer is calibrated on
 seeded random token ids instead (fine for random test models, meaningless for real ones: a
 warning says so).
@@ -15,7 +17,9 @@ warning says so).
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -54,17 +58,63 @@ CALIBRATION_PROMPTS = (
     "My favourite book is a long novel about a family living through a war, because",
 )
 RANDOM_PROMPT_LEN = 32
+#: the fields a ``.jsonl`` calibration file's objects may carry the prompt in, in order
+JSONL_FIELDS = ("text", "prompt")
 
 
-def prompt_ids(tokenizer, n: int, vocab_size: int, seed: int = 0) -> list[torch.Tensor]:
-    """``n`` prompts as (1, L) token-id tensors: the first n built-in prompts (cycled if
-    n is larger) tokenized, or seeded random ids when ``tokenizer`` is None."""
+class CalibrationFileError(ValueError):
+    """A ``--calib-file`` that cannot be read as prompts (the message names the file, the
+    line and what is accepted)."""
+
+
+def read_calibration_file(path: str | Path) -> list[str]:
+    """The prompts of a calibration file: UTF-8 text, one prompt per line (blank lines
+    skipped), or, for a ``.jsonl`` file, one JSON object per line whose ``"text"`` (else
+    ``"prompt"``) field is the prompt. A prompt spanning lines needs the JSONL form."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationFileError(f"--calib-file {path}: cannot read it as UTF-8 text "
+                                   f"({exc})") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CalibrationFileError(f"--calib-file {path}, line {number}: not JSON "
+                                       f"({exc.msg})") from None
+        field = next((f for f in JSONL_FIELDS if isinstance(obj, dict)
+                      and isinstance(obj.get(f), str) and obj[f]), None)
+        if field is None:
+            raise CalibrationFileError(
+                f"--calib-file {path}, line {number}: needs a non-empty string field "
+                f"{' or '.join(repr(f) for f in JSONL_FIELDS)} (a .jsonl file holds one "
+                "object per line; any other suffix is read as one prompt per line)")
+        prompts.append(obj[field])
+    if not prompts:
+        raise CalibrationFileError(f"--calib-file {path}: no prompt in it (blank lines "
+                                   "are skipped)")
+    return prompts
+
+
+def prompt_ids(tokenizer, n: int, vocab_size: int, seed: int = 0,
+               texts: list[str] | None = None) -> list[torch.Tensor]:
+    """``n`` prompts as (1, L) token-id tensors: the first n of ``texts`` (default: the
+    built-in prompts; cycled if n is larger) tokenized, or seeded random ids when
+    ``tokenizer`` is None."""
     if tokenizer is None:
         gen = torch.Generator().manual_seed(seed)
         return [torch.randint(0, vocab_size, (1, RANDOM_PROMPT_LEN), generator=gen)
                 for _ in range(n)]
-    texts = [CALIBRATION_PROMPTS[i % len(CALIBRATION_PROMPTS)] for i in range(n)]
-    return [tokenizer(t, return_tensors="pt")["input_ids"] for t in texts]
+    texts = list(texts or CALIBRATION_PROMPTS)
+    return [tokenizer(texts[i % len(texts)], return_tensors="pt")["input_ids"]
+            for i in range(n)]
 
 
 def load_tokenizer(model_dir: str):
@@ -119,14 +169,20 @@ def calibrate(model: torch.nn.Module, targets: list[str], prompts: list[torch.Te
 
 
 def layer_stats(model_dir: str, hf_model, targets: list[str], n: int, vocab_size: int,
-                seed: int, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel input (min, max) of ``targets`` over ``n`` calibration prompts through
-    ``hf_model`` (the fp32 transformers model; loaded from ``model_dir`` when None)."""
+                seed: int, progress: bool, texts: list[str] | None = None,
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel input (min, max) of ``targets`` over ``n`` calibration prompts (the
+    first n of ``texts``, default the built-in ones) through ``hf_model`` (the fp32
+    transformers model; loaded from ``model_dir`` when None)."""
     if hf_model is None:
         from transformers import AutoModelForCausalLM
 
         print(f"loading {model_dir} with transformers (float32, CPU) for calibration",
               file=sys.stderr)
         hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    prompts = prompt_ids(load_tokenizer(model_dir), n, vocab_size, seed)
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None and texts:
+        raise CalibrationFileError(f"--calib-file: {model_dir} has no usable tokenizer to "
+                                   "encode its prompts")
+    prompts = prompt_ids(tokenizer, n, vocab_size, seed, texts)
     return calibrate(hf_model, targets, prompts, progress)

@@ -39,6 +39,7 @@ class Options:
     clip_ratio: float = 1.0
     smooth_alpha: float = 0.0
     smooth_groups: int = 0
+    calib_source: str = "built-in prompts"
 
 
 def layer_tensors(source, plan: Plan, prefix: str, quant_type: str, opt: Options,
@@ -108,7 +109,7 @@ def description(plan: Plan, entries: dict[str, str], opt: Options, w4a8_format: 
     }
     if "W8A8" in types:
         metadata["calibration"] = {
-            "prompts": calib_prompts,
+            "prompts": calib_prompts, "source": opt.calib_source,
             "activations": "symmetric" if opt.symmetric_act else "asymmetric",
             "statistic": "min/max of each layer's input over all prompt tokens"}
     if opt.smooth_alpha:

@@ -65,7 +65,9 @@ def checkpoint(cfg: Config, env: dict[str, str] | None = None) -> Path:
     if not cfg.quantization:
         return src
     tools = sorted((REPO / "src" / "vllm_ascend" / "tools").glob("quantize*.py"))
-    key = _digest([*src.iterdir(), *tools], cfg.quantization, *cfg.quantize_args)
+    # files named in quantize_args (a --calib-file) are part of the key too
+    named = [REPO / a for a in cfg.quantize_args if (REPO / a).is_file()]
+    key = _digest([*src.iterdir(), *tools, *named], cfg.quantization, *cfg.quantize_args)
     out = cache_root() / f"{cfg.model_name}-{cfg.quantization.lower()}-{key}"
     if (out / "config.json").is_file():
         return out

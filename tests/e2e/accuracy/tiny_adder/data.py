@@ -6,9 +6,13 @@ zero-padded to 3 digits, the sum zero-padded to 4 digits and *reversed* (579 -> 
 has just written (the usual layout for teaching a small transformer arithmetic).
 
 The held-out split (``heldout.jsonl``, committed) is a seeded sample of pairs; training never
-sees one of them (:func:`training_pairs` rejects them).
+sees one of them (:func:`training_pairs` rejects them). ``calib.txt`` (committed) holds
+whole training-distribution documents (``123+456=9750``), one per line: the calibration
+prompts of the static W8A8 gate (``quantize --calib-file``), since the quantizer's built-in
+English prompts are mostly ``<unk>`` to this character tokenizer.
 
     python -m tests.e2e.accuracy.tiny_adder.data --out heldout.jsonl [--n 500] [--seed 1234]
+    python -m tests.e2e.accuracy.tiny_adder.data --calib-out calib.txt [--n 64]
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ DIGITS = 3
 HELDOUT_SEED = 1234
 HELDOUT_SIZE = 500
 HELDOUT_PATH = Path(__file__).with_name("heldout.jsonl")
+CALIB_PATH = Path(__file__).with_name("calib.txt")
+CALIB_SEED = 4321
+CALIB_SIZE = 64
 
 
 def prompt(a: int, b: int) -> str:
@@ -60,6 +67,12 @@ def training_pairs(seed: int, exclude: set[tuple[int, int]]) -> Iterator[tuple[i
             yield pair
 
 
+def calibration_texts(n: int = CALIB_SIZE, seed: int = CALIB_SEED) -> list[str]:
+    """``n`` whole documents (prompt + target) of training pairs, none held out."""
+    pairs = training_pairs(seed, set(heldout_pairs()))
+    return [prompt(a, b) + target(a, b) for a, b in (next(pairs) for _ in range(n))]
+
+
 def load_heldout(path: Path = HELDOUT_PATH) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
@@ -71,9 +84,16 @@ def write_jsonl(docs: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HELDOUT_PATH)
-    parser.add_argument("--n", type=int, default=HELDOUT_SIZE)
-    parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
+    parser.add_argument("--calib-out", type=Path, help="write calibration documents instead")
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.calib_out:
+        texts = calibration_texts(args.n or CALIB_SIZE, args.seed or CALIB_SEED)
+        args.calib_out.write_text("".join(t + "\n" for t in texts))
+        print(args.calib_out)
+        return 0
+    args.n, args.seed = args.n or HELDOUT_SIZE, args.seed or HELDOUT_SEED
     write_jsonl([document(a, b) for a, b in heldout_pairs(args.n, args.seed)], args.out)
     print(args.out)
     return 0
