@@ -7,7 +7,8 @@ budget, whichever is smaller, so ``make nightly`` ends within 90 minutes:
 
 1. ``e2e-multicard``: ``pytest -m slow`` of tests/e2e/test_moe_models.py, the multi-process
    layouts (TP2, TP2+EP, DP2+EP for the tiny MoE models, fp32 and W4A8, and the comm-method
-   overrides under TP2+EP) against single process;
+   overrides under TP2+EP) against single process, and of tests/e2e/test_shared_weight.py
+   (DP2+EP with ``layer_sharding``, compiled and eager, against unsharded);
 2. ``e2e-eplb``: ``pytest -m slow`` of tests/e2e/test_eplb_serving.py (EPLB on under TP2+EP,
    DP2+EP, EP4, stop-the-world, expert maps);
 3. ``accuracy``: ``pytest tests/e2e/accuracy -m ''`` (every accuracy gate, the slow ones
@@ -87,12 +88,16 @@ def comparisons(previous: Path | None, run_dir: Path) -> list[tuple[str, Path, P
 
 
 def plan(python: str, run_dir: Path) -> list[Step]:
-    pytest = [python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=-ra"]
+    # --durations: each test's time in the step's log, for keeping the plan in budget.
+    pytest = [python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=-ra",
+              "--durations=40"]
     # Limits: about twice the expected minutes (e2e: ~1 min per engine start of the tiny
-    # MoE models, 18 + 14 starts; bench: the suites' documented times, ~35 min).
+    # MoE models, 18 + 11 + 14 starts; bench: the suites' documented times, ~35 min).
     steps = [
-        Step("e2e-multicard", pytest + ["tests/e2e/test_moe_models.py", "-m", "slow", "-k",
-                                        "multi_process or comm_override"], 35),
+        Step("e2e-multicard", pytest + ["tests/e2e/test_moe_models.py",
+                                        "tests/e2e/test_shared_weight.py", "-m", "slow", "-k",
+                                        "multi_process or comm_override or sharded or "
+                                        "unknown_suffix"], 45),
         Step("e2e-eplb", pytest + ["tests/e2e/test_eplb_serving.py", "-m", "slow"], 30),
         Step("accuracy", pytest + ["tests/e2e/accuracy", "-m", ""], 30),
         Step("bench", [python, "-m", "bench", "run", *SUITES, "--out",

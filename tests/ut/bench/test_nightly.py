@@ -41,8 +41,8 @@ def test_plan_covers_the_issue(tmp_path):
     steps = {s.name: s for s in nightly.plan("py", tmp_path / "run")}
     assert list(steps) == list(nightly.STEP_NAMES)
     multicard = " ".join(steps["e2e-multicard"].argv)
-    assert "tests/e2e/test_moe_models.py -m slow" in multicard
-    assert "multi_process or comm_override" in multicard
+    assert "tests/e2e/test_moe_models.py tests/e2e/test_shared_weight.py -m slow" in multicard
+    assert "multi_process or comm_override or sharded" in multicard
     assert "tests/e2e/test_eplb_serving.py -m slow" in " ".join(steps["e2e-eplb"].argv)
     assert steps["bench"].argv[:4] == ["py", "-m", "bench", "run"]
     assert set(nightly.SUITES) <= set(steps["bench"].argv)
@@ -79,7 +79,7 @@ def test_dry_run_runs_nothing(tmp_path, monkeypatch, capsys):
     assert "e2e-eplb" in out and "skipped: in --skip" in out
     assert f"compare ops: {prev / 'bench' / 'ops.json'}" in out
     assert "previous nightly's minutes: bench 31.5" in out
-    assert "'multi_process or comm_override'" in out  # shell-quoted
+    assert "'multi_process or comm_override or sharded or unknown_suffix'" in out  # shell-quoted
     assert sorted(p.name for p in tmp_path.iterdir()) == [prev.name]  # nothing created
 
 
