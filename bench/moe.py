@@ -15,9 +15,11 @@
   the parent checks that the two outputs agree.
 - ``quant``: the grouped expert MLP of W8A8_DYNAMIC / W4A8_DYNAMIC experts vs the plugin's
   float experts on the ``--layer-shapes`` (``bench/moe_quant.py``).
-- ``decode``: the tiny DeepSeek-V3 of ``vllm_ascend.tools.tiny_model`` served offline by the
-  plugin, decode tokens/s at EP1 (one process) and EP2 (``tensor_parallel_size=2`` +
-  ``enable_expert_parallel``).
+- ``decode``: the tiny models of ``vllm_ascend.tools.tiny_model`` (``--decode-models``:
+  Qwen3-MoE and DeepSeek-V3) served offline, decode tokens/s at batch ``--batch-sizes``:
+  single process, plugin and vanilla vLLM CPU (``VLLM_ASCEND_PLATFORM=off``, its own compile
+  cache), a fresh process each (ratio plugin / vanilla tok/s: > 1, plugin faster); and the
+  plugin at EP2 (``tensor_parallel_size=2`` + ``enable_expert_parallel``, DeepSeek-V3).
 
 Writes JSON like ``bench decode`` (``results``: one entry per configuration, ``part`` naming
 the part; primary metric ``latency_ms``, decode entries carry ``tokens_per_second``).
@@ -195,7 +197,7 @@ def _decode_child(a) -> dict:
 
     llm = LLM(model=a.model, dtype="float32", max_model_len=512, seed=0,
               enforce_eager=not a.compiled, tensor_parallel_size=a.tp,
-              enable_expert_parallel=a.tp > 1)
+              enable_expert_parallel=a.tp > 1, max_num_seqs=max(a.batch_sizes))
     params = SamplingParams(temperature=0.0, max_tokens=a.output_len, ignore_eos=True)
     rows = []
     for bs in a.batch_sizes:
@@ -206,12 +208,14 @@ def _decode_child(a) -> dict:
             start = time.perf_counter()
             llm.generate(prompts, params, use_tqdm=False)
             samples.append(bs * a.output_len / (time.perf_counter() - start))
-        rows.append({"part": "decode", "model": "tiny-deepseek_v3", "ep_size": a.tp,
-                     "tensor_parallel_size": a.tp, "enforce_eager": not a.compiled,
+        rows.append({"part": "decode", "model": f"tiny-{a.arch}", "backend": a.backend,
+                     "ep_size": a.tp, "tensor_parallel_size": a.tp,
+                     "enforce_eager": not a.compiled,
                      "batch_size": bs, "output_len": a.output_len,
                      "tokens_per_second": _median(samples, 2),
                      "samples": [round(s, 2) for s in samples]})
-        _log(f"decode EP{a.tp}: batch {bs}: {rows[-1]['tokens_per_second']} tok/s")
+        _log(f"decode tiny-{a.arch} {a.backend} EP{a.tp}: batch {bs}: "
+             f"{rows[-1]['tokens_per_second']} tok/s")
     return {"rows": rows}
 
 
@@ -223,6 +227,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--shape")
     p.add_argument("--tokens", type=csv_list(int))
     p.add_argument("--model")
+    p.add_argument("--arch", default="deepseek_v3")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--compiled", action="store_true")
     p.add_argument("--batch-sizes", type=csv_list(int))
@@ -290,23 +295,45 @@ def run_layer(args, log, tmp: Path) -> tuple[list[dict], dict]:
     return rows, info
 
 
+DECODE_MODELS = ("qwen3_moe", "deepseek_v3")
+
+
+def _decode_runs(models: list[str]) -> list[tuple[str, str, int]]:
+    """(arch, backend, EP size) of each decode child, in order: per model vanilla and plugin
+    in one process, then the plugin at EP2 for DeepSeek-V3."""
+    runs = [(arch, backend, 1) for arch in models for backend in LAYER_BACKENDS]
+    return runs + [("deepseek_v3", "plugin", 2)] * ("deepseek_v3" in models)
+
+
+def decode_ratios(rows: list[dict]) -> dict[str, float]:
+    """``decode_<model>_plugin_over_vanilla_batch_<b>``: plugin / vanilla tok/s, one process
+    (> 1: the plugin is faster)."""
+    tps = {(r["model"], r.get("backend", "plugin"), r["ep_size"], r["batch_size"]):
+           r["tokens_per_second"] for r in rows if r["part"] == "decode"}
+    return {f"decode_{m}_plugin_over_vanilla_batch_{b}": round(v / tps[m, "vanilla", 1, b], 3)
+            for (m, backend, ep, b), v in tps.items()
+            if backend == "plugin" and ep == 1 and (m, "vanilla", 1, b) in tps}
+
+
 def run_decode(args, log, tmp: Path) -> list[dict]:
     from vllm_ascend.tools.prepare_model import cache_dir
     from vllm_ascend.tools.tiny_model import generate
 
-    model = cache_dir() / "bench" / "tiny-deepseek_v3"
-    if not (model / "config.json").is_file():
-        generate("deepseek_v3", model, seed=0, force=True)
     rows = []
-    for ep in (1, 2):
-        _log(f"decode: tiny DeepSeek-V3 EP{ep} (fresh vLLM: start-up 1-3 min)")
-        result = str(tmp / f"decode-ep{ep}.json")
+    for arch, backend, ep in _decode_runs(args.decode_models):
+        model = cache_dir() / "bench" / f"tiny-{arch}"
+        if not (model / "config.json").is_file():
+            generate(arch, model, seed=0, force=True)
+        _log(f"decode: tiny {arch} {backend} EP{ep} (fresh vLLM: start-up 1-3 min)")
+        result = str(tmp / f"decode-{arch}-{backend}-ep{ep}.json")
         cmd = [sys.executable, "-m", "bench.moe", "--child", "decode", "--model", str(model),
-               "--tp", str(ep), "--batch-sizes", ",".join(map(str, args.batch_sizes)),
+               "--arch", arch, "--backend", backend, "--tp", str(ep),
+               "--batch-sizes", ",".join(map(str, args.batch_sizes)),
                "--output-len", str(args.output_len), "--repeats", str(args.repeats),
                "--result", result] + ["--compiled"] * args.compiled
-        env = _env("plugin", **({"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if ep == 2 else {}))
-        env["VLLM_CACHE_ROOT"] = str(cache_dir() / "bench" / f"vllm-cache-moe-ep{ep}")
+        env = _env(backend, **({"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if ep == 2 else {}))
+        # vLLM's compile cache key ignores the platform: one cache per backend
+        env["VLLM_CACHE_ROOT"] = str(cache_dir() / "bench" / f"vllm-cache-moe-{backend}-ep{ep}")
         rows += _run_child(cmd, env, log)["rows"]
     return rows
 
@@ -324,7 +351,8 @@ def _table(rows: list[dict]) -> str:
             lines.append(f"layer  {r['shape']:<16} {r['backend']:<9} tokens={r['tokens']:<5} "
                          f"{r['latency_ms']:>9.3f} ms")
         else:
-            lines.append(f"decode EP{r['ep_size']} batch={r['batch_size']:<3} "
+            lines.append(f"decode {r['model']:<16} {r.get('backend', 'plugin'):<9} "
+                         f"EP{r['ep_size']} batch={r['batch_size']:<3} "
                          f"{r['tokens_per_second']:>9.1f} tok/s")
     return "\n".join(lines)
 
@@ -364,7 +392,9 @@ def run(args) -> int:
             rows += quant_rows
             ratios.update(quant_ratios)
         if "decode" in args.parts:
-            rows += run_decode(args, log, Path(tmp))
+            decode_rows = run_decode(args, log, Path(tmp))
+            rows += decode_rows
+            ratios.update(decode_ratios(decode_rows))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     doc = {
         "benchmark": "moe", "date": stamp.isoformat(timespec="seconds"),
@@ -379,8 +409,9 @@ def run(args) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(_table(rows))
     for k, v in ratios.items():
-        what = "float / scheme latency; > 1: scheme faster" if k.startswith("quant_") \
-            else "latency ratio; < 1: plugin faster"
+        what = ("float / scheme latency; > 1: scheme faster" if k.startswith("quant_") else
+                "tok/s ratio; > 1: plugin faster" if k.startswith("decode_") else
+                "latency ratio; < 1: plugin faster")
         print(f"{k}: {v:.3f} ({what})")
     if extra:
         diff = extra["max_abs_diff_plugin_vs_vanilla"]
@@ -391,7 +422,7 @@ def run(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("moe", help="MoE: comm methods at 1/2/4 ranks, plugin vs vanilla layer, "
-                       "tiny DeepSeek-V3 decode at EP1/EP2", description=__doc__.splitlines()[0])
+                       "tiny MoE decode plugin vs vanilla (and EP2)", description=__doc__.splitlines()[0])
     p.add_argument("--parts", type=csv_choices(PARTS, "part"), default=list(PARTS),
                    help="comm,layer,quant,decode")
     p.add_argument("--out", help="result JSON (default: bench/results/moe-<UTC time>.json)")
@@ -412,7 +443,9 @@ def add_parser(sub) -> None:
     p.add_argument("--iters", type=int, default=10, help="forwards per timed sample (10)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed samples per configuration (5; `bench compare` needs >= 4)")
-    p.add_argument("--batch-sizes", type=csv_list(int), default=[1, 4], help="decode (1,4)")
+    p.add_argument("--batch-sizes", type=csv_list(int), default=[1, 8], help="decode (1,8)")
+    p.add_argument("--decode-models", type=csv_choices(DECODE_MODELS, "model"),
+                   default=list(DECODE_MODELS), help="decode part: " + ",".join(DECODE_MODELS))
     p.add_argument("--output-len", type=int, default=64, help="decode tokens per request (64)")
     p.add_argument("--compiled", action="store_true", help="decode with torch.compile (slow start)")
     p.set_defaults(run=run)
