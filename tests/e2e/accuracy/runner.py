@@ -7,6 +7,7 @@ process). Results are JSON (see ``run_eval``); :func:`evaluate` returns them par
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,11 @@ from tests.e2e.accuracy.config import Config
 from tests.e2e.conftest import REPO, vllm_env
 
 EVAL_TIMEOUT_S = 3600
+#: the EPLB runtime's line per rebalance (``vllm_ascend.eplb.runtime``) and the mover's
+#: warning when a transfer failed (its layers then keep their placement)
+_REBALANCE = re.compile(r"EPLB: rebalance (\d+) at step (\d+): (\d+) layer\(s\), "
+                        r"(\d+) slot\(s\) to move")
+_TRANSFER_FAILED = "EPLB: expert transfer for layer(s)"
 #: One core per rank on this 2-core machine (TP or DP ranks).
 TWO_RANKS_BIND = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 
@@ -43,7 +49,36 @@ def evaluate(cfg: Config, workdir: Path) -> dict:
         _run(cmd, env, log_path)
     result = json.loads(out.read_text())
     result["log"] = str(log_path)
+    if eplb_enabled(cfg):
+        engine_log = workdir / f"{cfg.name}.serve.log" if cfg.backend == "local-completions" \
+            else log_path
+        result["eplb"] = eplb_activity(engine_log.read_text(errors="replace"))
     return result
+
+
+def eplb_enabled(cfg: Config) -> bool:
+    return bool(cfg.additional_config.get("ascend", {}).get("eplb", {}).get("enabled"))
+
+
+def eplb_activity(log: str) -> dict:
+    """What the engine's log says EPLB did: rebalance lines (one per EP rank: every rank
+    logs its own), the most slots one rank's rebalances planned to move, failed transfers."""
+    per_rank: dict[tuple[str, str], int] = {}
+    lines = 0
+    for line in log.splitlines():
+        m = _REBALANCE.search(line)
+        if m:
+            lines += 1
+            # the logging process: the innermost of the prefixes vLLM puts before the
+            # message, e.g. "(EngineCore_DP0 pid=7) (Worker_TP1 pid=9)"
+            pids = re.findall(r"pid=(\d+)", line[:m.start()])
+            key = (pids[-1] if pids else "", m.group(1))
+            per_rank[key] = int(m.group(4))
+    slots: dict[str, int] = {}
+    for (pid, _), moved in per_rank.items():
+        slots[pid] = slots.get(pid, 0) + moved
+    return {"rebalance_lines": lines, "slots_moved_max_rank": max(slots.values(), default=0),
+            "failed_transfers": sum(_TRANSFER_FAILED in ln for ln in log.splitlines())}
 
 
 def _run(cmd: list[str], env: dict[str, str], log_path: Path) -> None:

@@ -4,7 +4,8 @@ Fast (the README's ``make test``): the committed tiny adder, fp32 (within tolera
 expected exact match) and W8A8_DYNAMIC (one-sided Wilson bound against fp32 on the same
 items), lm-eval's in-process vllm backend. Everything else is ``slow`` (``make nightly``):
 the server backend, every other quant scheme, SmolLM2-135M few-shot tasks, the tiny MoE
-under TP2+EP / DP2+EP with and without EPLB (answers equal to the single process).
+under TP2+EP / DP2+EP with and without EPLB (answers equal to the single process; with
+EPLB the engine's log must show experts moved and no failed transfer).
 
 Results and ``report.md`` go to ``$VLLM_ASCEND_ACCURACY_RESULTS`` (default: a pytest
 temporary directory); the report's path is printed at the end of the session. With
@@ -68,3 +69,7 @@ def test_gate(name, results):
     failed = [f"{r.task} {r.metric}: {r.value:.4f} ({r.verdict.detail})" for r in rows
               if not r.verdict.passed]
     assert not failed, f"{name}: " + "; ".join(failed) + f" (log: {result['log']})"
+    if "eplb" in result:  # an equal answer proves nothing unless experts actually moved
+        act = result["eplb"]
+        assert act["slots_moved_max_rank"] > 0 and not act["failed_transfers"], \
+            f"{name}: EPLB moved no expert or a transfer failed: {act} (log: {result['log']})"
