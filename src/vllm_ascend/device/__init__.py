@@ -1,5 +1,11 @@
 """Device facade: Ascend operators and the device API, on torch_npu or the reference backend."""
 
-from vllm_ascend.device.facade import backend_name, device, npu_available, ops
+from vllm_ascend.device.facade import (
+    backend_name,
+    device,
+    mark_volatile_weights,
+    npu_available,
+    ops,
+)
 
-__all__ = ["backend_name", "device", "npu_available", "ops"]
+__all__ = ["backend_name", "device", "mark_volatile_weights", "npu_available", "ops"]

@@ -128,6 +128,18 @@ class _Device:
         return getattr(stream, name)
 
 
+def mark_volatile_weights(*tensors: Any) -> None:
+    """Declare weight tensors whose contents are rewritten between uses (the shared-weight
+    ring buffers): the backend must not keep data derived from them. torch_npu computes on
+    a weight as stored (nothing to do); the reference backend's CPU fast paths would
+    otherwise rebuild a prepacked copy at every use (``reference.cpu_kernels.mark_volatile``).
+    """
+    if backend_name() == "reference":
+        from vllm_ascend.device.reference import cpu_kernels
+
+        cpu_kernels.mark_volatile(*tensors)
+
+
 #: ``ops.npu_rms_norm(x, gamma, 1e-6)`` etc.
 ops = _Ops()
 #: ``device.Stream()``, ``device.current_stream()``, ``device.synchronize()`` etc.

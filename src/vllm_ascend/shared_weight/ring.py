@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vllm_ascend.device import mark_volatile_weights
 from vllm_ascend.shared_weight.group import ShardingGroup
 
 
@@ -88,6 +89,8 @@ class SeriesRing:
         with torch.inference_mode(False):
             self.slots = [{s.name: torch.empty(s.shape, dtype=s.dtype, device=device)
                            for s in specs} for _ in range(n)]
+        # Every use finds another layer in a buffer: a backend must not prepack them.
+        mark_volatile_weights(*(t for slot in self.slots for t in slot.values()))
         self.slot_layer = [-1] * n
         self._busy = [False] * n  # receiving, not yet waited on
         self._fifo: deque[_InFlight] = deque()

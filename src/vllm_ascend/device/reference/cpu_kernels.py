@@ -43,6 +43,14 @@ calls those GEMMs as single C++ ops; i8_matmul and wq_matmul packs live in Pytho
 scale (unit scales; the op scales the exact accumulators itself), so a new ``scale`` tensor
 needs no new handle. :func:`builds` counts the builds (tests check hits and invalidation).
 
+Volatile weights (:func:`mark_volatile`: tensors rewritten between uses, e.g. the
+shared-weight ring buffers, which a broadcast refills with another layer before every use)
+are never prepacked: a rebuild per use costs 20-50x the GEMM (a 16 MiB int8 weight: ~110 ms
+to rebuild the oneDNN handle, 2.3 ms to multiply with it). ``int8_mm`` multiplies them as
+stored with ``torch._int_mm`` (exact int32 accumulators; 1.5-2.5x the prepacked GEMM's time,
+measured at 4096x4096 and 16384x7168, 16 rows). The other cached kernels (wq_matmul, A8W4)
+still rebuild for them.
+
 Without the compiled ``vllm_ascend._C`` (``setup.py``; not built, not x86, no AVX2) every
 function here returns None and the ops run their plain PyTorch math.
 ``VLLM_ASCEND_REFERENCE_EXACT=1`` (read at import) or :data:`force_exact` turns every fast
@@ -283,6 +291,32 @@ def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.new_empty((a.shape[0], b.shape[1]), dtype=dtype)
 
 
+# Storages of volatile weights (mark_volatile). A plain global flag guards the lookup, so
+# the decode path pays nothing while no tensor is volatile.
+_volatile: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_any_volatile: bool = False
+
+
+def mark_volatile(*tensors: torch.Tensor) -> None:
+    """Declare ``tensors`` rewritten between uses: no fast path caches data derived from
+    them (int8_mm multiplies them as stored). Keyed on their storages (views included)."""
+    global _any_volatile
+    for t in tensors:
+        _volatile[t.untyped_storage()] = None
+    _any_volatile = bool(tensors) or _any_volatile
+
+
+def is_volatile(t: torch.Tensor) -> bool:
+    return _any_volatile and t.untyped_storage() in _volatile
+
+
+def _int8_mm_as_stored(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (m, k) @ b (k, n)`` int8 with no prepacked form: torch's exact int32 GEMM on b as
+    stored (a contiguous (k, n) is its fast layout), as int8_mm's fp32 / float64."""
+    acc = torch._int_mm(a, b if b.is_contiguous() else b.contiguous())
+    return acc.to(torch.float32 if b.shape[0] <= _K_CHUNK else torch.float64)
+
+
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     """The exact integer accumulators of ``a (..., m, k) @ b (k, n)`` (int8 tensors, ``b``
     a 2-D weight of any strides) as ``(..., m, n)``: fp32 for ``k <= 1023`` (every value
@@ -295,18 +329,24 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     k, n = b.shape
     if a.shape[-1] != k or k == 0 or n == 0 or a.numel() == 0:
         return None
-    backend = _int8_backend(k)
-    if backend is None:
-        return None
-    if backend == "onednn":
-        # csrc/onednn_int8.cpp: vLLM's oneDNN GEMM with the prepacked weight cached in C++,
-        # so a compiled graph calls one C++ op (no Python per GEMM).
-        fn = torch.ops.vllm_ascend.onednn_int8_mm
+    if _any_volatile and k < 2**17 and not torch.compiler.is_compiling() and is_volatile(b):
+        fn = _int8_mm_as_stored
     else:
-        fn = _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
+        backend = _int8_backend(k)
+        if backend is None:
+            return None
+        fn = _fast_int8_fn(backend)
     if a.dim() == 2:  # (reshapes cost microseconds: the decode path avoids them)
         return fn(a if a.is_contiguous() else a.contiguous(), b)
     return fn(a.reshape(-1, k).contiguous(), b).reshape(*a.shape[:-1], n)
+
+
+def _fast_int8_fn(backend: str) -> Callable:
+    if backend == "onednn":
+        # csrc/onednn_int8.cpp: vLLM's oneDNN GEMM with the prepacked weight cached in C++,
+        # so a compiled graph calls one C++ op (no Python per GEMM).
+        return torch.ops.vllm_ascend.onednn_int8_mm
+    return _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
 
 
 # ------------------------------------------------------------------ weight-only quantised
