@@ -99,8 +99,14 @@ def render(results_dir: Path) -> Path:
         if cfg.gate != "expected" and ref is None:
             continue
         rows += judge(cfg, result, ref)
+    eplb = [f"- {name}: {r['eplb']['slots_moved_max_rank']} slot(s) moved (most on one rank, "
+            f"{r['eplb']['rebalance_lines']} rebalance line(s) over the ranks), "
+            f"{r['eplb']['failed_transfers']} failed transfer(s)"
+            for name, r in results.items() if "eplb" in r]
     out = results_dir / "report.md"
-    out.write_text(markdown(rows, configs))
+    out.write_text(markdown(rows, configs)
+                   + ("\n## EPLB activity (engine logs)\n\n" + "\n".join(eplb) + "\n"
+                      if eplb else ""))
     return out
 
 

@@ -53,6 +53,7 @@ def evaluate(cfg: Config, workdir: Path) -> dict:
         engine_log = workdir / f"{cfg.name}.serve.log" if cfg.backend == "local-completions" \
             else log_path
         result["eplb"] = eplb_activity(engine_log.read_text(errors="replace"))
+        out.write_text(json.dumps(result))  # kept for the report and a reused run
     return result
 
 

@@ -41,3 +41,17 @@ def test_enabled_only_with_the_ascend_eplb_flag():
     assert not eplb_enabled(cfg({"ascend": {"eplb": {"enabled": False}}}))
     assert not eplb_enabled(cfg({"ascend": {"moe_comm_method": "mc2"}}))
     assert not eplb_enabled(cfg({}))
+
+
+def test_report_lists_eplb_activity(tmp_path):
+    import json
+
+    from tests.e2e.accuracy.report import render
+
+    act = {"rebalance_lines": 4, "slots_moved_max_rank": 7, "failed_transfers": 0}
+    (tmp_path / "tiny-qwen3-moe-dp2-ep-eplb.json").write_text(json.dumps(
+        {"tasks": {}, "eplb": act}))
+    text = render(tmp_path).read_text()
+    assert "## EPLB activity" in text
+    assert "- tiny-qwen3-moe-dp2-ep-eplb: 7 slot(s) moved (most on one rank, 4 rebalance " \
+        "line(s) over the ranks), 0 failed transfer(s)" in text
