@@ -8,7 +8,7 @@ vLLM's ``.buildkite/lm-eval-harness/configs`` keys (``model_name``, ``tasks`` wi
   checkpoint is quantized from the fp32 one before the run (absent: fp32);
 - ``quantize_args``: extra ``vllm_ascend.tools.quantize`` arguments (e.g. a group size);
 - ``data_parallel_size``, ``enable_expert_parallel``, ``additional_config`` (vLLM's
-  ``--additional-config``, e.g. ``{"ascend": {"eplb": {...}}}``);
+  ``--additional-config``, e.g. ``{"ascend": {"eplb": {...}}}``), ``max_num_seqs``;
 - ``backend``: ``vllm`` (lm-eval's in-process engine) or ``local-completions`` (lm-eval's
   OpenAI client against ``vllm serve`` through the plugin);
 - per metric ``tolerance`` (absolute, default :data:`DEFAULT_TOLERANCE`);
@@ -32,7 +32,8 @@ GATES = ("expected", "reference", "equal")
 DEFAULT_TOLERANCE = 0.03
 _KEYS = {"model_name", "tasks", "limit", "num_fewshot", "quantization", "quantize_args",
          "tensor_parallel_size", "data_parallel_size", "enable_expert_parallel",
-         "additional_config", "max_model_len", "enforce_eager", "backend", "reference", "gate",
+         "additional_config", "max_model_len", "max_num_seqs", "enforce_eager", "backend",
+         "reference", "gate",
          "env_vars", "slow", "description"}
 
 
@@ -67,6 +68,9 @@ class Config:
     enable_expert_parallel: bool = False
     additional_config: dict[str, Any] = field(default_factory=dict)
     max_model_len: int = 512
+    #: vLLM's --max-num-seqs (None: its default). Smaller batches mean more engine steps:
+    #: EPLB configs need several rebalance intervals within the evaluation.
+    max_num_seqs: int | None = None
     enforce_eager: bool = True
     backend: str = "vllm"
     reference: str | None = None

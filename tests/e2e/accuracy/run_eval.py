@@ -50,6 +50,8 @@ def model_args(cfg: cfg_mod.Config, model: str, base_url: str | None,
     }
     if cfg.enable_expert_parallel:
         args["enable_expert_parallel"] = True
+    if cfg.max_num_seqs:
+        args["max_num_seqs"] = cfg.max_num_seqs
     if cfg.additional_config:
         args["additional_config"] = cfg.additional_config
     # One rank: the worker runs in the engine's process ("uni"); a separate worker process

@@ -28,6 +28,8 @@ def serve_command(cfg: Config, model: Path, port: int, vllm_bin: str) -> list[st
            "--max-model-len", str(cfg.max_model_len), "--seed", "0"]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")
+    if cfg.max_num_seqs:
+        cmd += ["--max-num-seqs", str(cfg.max_num_seqs)]
     if cfg.tensor_parallel_size > 1:
         cmd += ["--tensor-parallel-size", str(cfg.tensor_parallel_size)]
     if cfg.data_parallel_size > 1:
