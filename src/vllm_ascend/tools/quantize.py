@@ -180,8 +180,7 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     from transformers import AutoConfig
 
     from vllm_ascend.tools import quantize_write
-    from vllm_ascend.tools.quantize_calib import CalibrationFileError, layer_stats, \
-        read_calibration_file
+    from vllm_ascend.tools.quantize_calib import layer_stats, read_calibration_file
     from vllm_ascend.tools.quantize_math import activation_qparams
     from vllm_ascend.tools.quantize_smooth import ACT_QUANT, SmoothedSource, plan_smoothing
 
@@ -197,12 +196,7 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     if w4a8_format not in W4A8_FORMATS:
         raise QuantizeError(f"unknown --w4a8-format {w4a8_format!r}; accepted: "
                             + ", ".join(W4A8_FORMATS))
-    calib_texts = None
-    if calib_file is not None:
-        try:
-            calib_texts = read_calibration_file(calib_file)
-        except CalibrationFileError as exc:
-            raise QuantizeError(str(exc)) from None
+    calib_texts = read_calibration_file(calib_file) if calib_file is not None else None
     if calib_prompts is None:  # default: the whole file, or 16 built-in prompts
         calib_prompts = len(calib_texts) if calib_texts else DEFAULT_CALIB_PROMPTS
     if calib_prompts < 1:
@@ -237,12 +231,9 @@ def quantize(model: str | Path, scheme: str, out: str | Path, *, fmt: str = "mod
     calib: dict[str, tuple[float, float]] = {}
     smoothing = None
     if static or alpha:
-        try:
-            stats = layer_stats(str(model), hf_model, sorted(act_quant if alpha else static),
-                                calib_prompts, getattr(config, "vocab_size", 1000), seed,
-                                progress, calib_texts)
-        except CalibrationFileError as exc:
-            raise QuantizeError(str(exc)) from None
+        stats = layer_stats(str(model), hf_model, sorted(act_quant if alpha else static),
+                            calib_prompts, getattr(config, "vocab_size", 1000), seed, progress,
+                            calib_texts)
         if alpha:
             smoothing = plan_smoothing(source, act_quant, stats, config, alpha)
             source = SmoothedSource(source, smoothing)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from vllm_ascend.tools.quantize_plan import QuantizeError
+
 CALIBRATION_PROMPTS = (
     "The capital of France is Paris, and the capital of Germany is",
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
@@ -62,7 +64,7 @@ RANDOM_PROMPT_LEN = 32
 JSONL_FIELDS = ("text", "prompt")
 
 
-class CalibrationFileError(ValueError):
+class CalibrationFileError(QuantizeError):
     """A ``--calib-file`` that cannot be read as prompts (the message names the file, the
     line and what is accepted)."""
 

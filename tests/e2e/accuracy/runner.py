@@ -64,22 +64,20 @@ def eplb_enabled(cfg: Config) -> bool:
 def eplb_activity(log: str) -> dict:
     """What the engine's log says EPLB did: rebalance lines (one per EP rank: every rank
     logs its own), the most slots one rank's rebalances planned to move, failed transfers."""
-    per_rank: dict[tuple[str, str], int] = {}
-    lines = 0
+    slots: dict[str, int] = {}  # logging process -> slots its rebalances moved
+    lines = failed = 0
     for line in log.splitlines():
+        failed += _TRANSFER_FAILED in line
         m = _REBALANCE.search(line)
         if m:
             lines += 1
             # the logging process: the innermost of the prefixes vLLM puts before the
             # message, e.g. "(EngineCore_DP0 pid=7) (Worker_TP1 pid=9)"
             pids = re.findall(r"pid=(\d+)", line[:m.start()])
-            key = (pids[-1] if pids else "", m.group(1))
-            per_rank[key] = int(m.group(4))
-    slots: dict[str, int] = {}
-    for (pid, _), moved in per_rank.items():
-        slots[pid] = slots.get(pid, 0) + moved
+            who = pids[-1] if pids else ""
+            slots[who] = slots.get(who, 0) + int(m.group(4))
     return {"rebalance_lines": lines, "slots_moved_max_rank": max(slots.values(), default=0),
-            "failed_transfers": sum(_TRANSFER_FAILED in ln for ln in log.splitlines())}
+            "failed_transfers": failed}
 
 
 def _run(cmd: list[str], env: dict[str, str], log_path: Path) -> None:

@@ -43,13 +43,10 @@ calls those GEMMs as single C++ ops; i8_matmul and wq_matmul packs live in Pytho
 scale (unit scales; the op scales the exact accumulators itself), so a new ``scale`` tensor
 needs no new handle. :func:`builds` counts the builds (tests check hits and invalidation).
 
-Volatile weights (:func:`mark_volatile`: tensors rewritten between uses, e.g. the
-shared-weight ring buffers, which a broadcast refills with another layer before every use)
-are never prepacked: a rebuild per use costs 20-50x the GEMM (a 16 MiB int8 weight: ~110 ms
-to rebuild the oneDNN handle, 2.3 ms to multiply with it). ``int8_mm`` multiplies them as
-stored with ``torch._int_mm`` (exact int32 accumulators; 1.5-2.5x the prepacked GEMM's time,
-measured at 4096x4096 and 16384x7168, 16 rows). The other cached kernels (wq_matmul, A8W4)
-still rebuild for them.
+Volatile weights (:func:`mark_volatile`: rewritten before every use, e.g. the shared-weight
+ring buffers) are never prepacked, since a rebuild per use costs far more than the GEMM
+(``bench ops -k volatile``): ``int8_mm`` multiplies them as stored with ``torch._int_mm``
+(exact int32). The other cached kernels (wq_matmul, A8W4) still rebuild for them.
 
 Without the compiled ``vllm_ascend._C`` (``setup.py``; not built, not x86, no AVX2) every
 function here returns None and the ops run their plain PyTorch math.
@@ -329,24 +326,20 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     k, n = b.shape
     if a.shape[-1] != k or k == 0 or n == 0 or a.numel() == 0:
         return None
-    if _any_volatile and k < 2**17 and not torch.compiler.is_compiling() and is_volatile(b):
+    if _any_volatile and k < 2**17 and not torch.compiler.is_compiling() \
+            and b.untyped_storage() in _volatile:
         fn = _int8_mm_as_stored
+    elif (backend := _int8_backend(k)) is None:
+        return None
+    elif backend == "onednn":
+        # csrc/onednn_int8.cpp: vLLM's oneDNN GEMM with the prepacked weight cached in C++,
+        # so a compiled graph calls one C++ op (no Python per GEMM).
+        fn = torch.ops.vllm_ascend.onednn_int8_mm
     else:
-        backend = _int8_backend(k)
-        if backend is None:
-            return None
-        fn = _fast_int8_fn(backend)
+        fn = _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
     if a.dim() == 2:  # (reshapes cost microseconds: the decode path avoids them)
         return fn(a if a.is_contiguous() else a.contiguous(), b)
     return fn(a.reshape(-1, k).contiguous(), b).reshape(*a.shape[:-1], n)
-
-
-def _fast_int8_fn(backend: str) -> Callable:
-    if backend == "onednn":
-        # csrc/onednn_int8.cpp: vLLM's oneDNN GEMM with the prepacked weight cached in C++,
-        # so a compiled graph calls one C++ op (no Python per GEMM).
-        return torch.ops.vllm_ascend.onednn_int8_mm
-    return _int8_mm_op if torch.compiler.is_compiling() else _int8_mm_impl
 
 
 # ------------------------------------------------------------------ weight-only quantised
