@@ -141,3 +141,32 @@ def test_init_routing_v2(benchmark, tokens):
     _tag(benchmark, "npu_moe_init_routing_v2", f"N{tokens} H{H} E{E} k{TOP_K}", "kernel")
     benchmark(ops.npu_moe_init_routing_v2, x, idx, active_num=tokens * TOP_K, expert_num=E,
               expert_tokens_num_type=1, expert_tokens_num_flag=True)
+
+
+# ---------------------------------------------------------------- volatile weight
+
+
+@needs_int8
+@pytest.mark.parametrize("variant", ["prepacked", "as-stored", "rebuilt"])
+def test_int8_mm_volatile_weight(benchmark, monkeypatch, variant):
+    """A weight rewritten before every use (a shared-weight ring buffer), 16 MiB int8
+    (4096 x 4096), 16 rows: ``prepacked`` a weight that never changes (oneDNN handle reused);
+    ``as-stored`` the same weight marked volatile (``torch._int_mm``, no prepack);
+    ``rebuilt`` rewritten before each call but not marked (a new oneDNN handle per call)."""
+    import weakref
+
+    monkeypatch.setattr(ck, "_volatile", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(ck, "_any_volatile", False)
+    g = _gen()
+    a = torch.randint(-127, 128, (16, 4096), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (4096, 4096), dtype=torch.int8, generator=g)
+    if variant == "as-stored":
+        ck.mark_volatile(w)
+
+    def call():
+        if variant != "prepacked":
+            torch.autograd.graph.increment_version(w)  # what a broadcast into the ring does
+        return ck.int8_mm(a, w)
+
+    _tag(benchmark, "int8_mm", "M16 K4096 N4096", variant)
+    benchmark(call)
