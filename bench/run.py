@@ -1,5 +1,11 @@
-"""``bench run SUITE... [--out PATH]``: run suites one after another with their default
-options, a progress line per suite on stderr.
+"""``bench run [--profile NAME] SUITE... [--out PATH]``: run suites one after another with a
+profile's options (``default``: each suite's defaults), a progress line per suite on stderr.
+
+Profiles (``PROFILES``): ``default``; ``nightly``, the options ``make nightly`` runs with to
+stay in its 90 minutes: quant-decode and serve eager (one engine start each without the
+compile; decode stays compiled), moe's comm part on 1 and 2 ranks (not 4: two ranks per core
+here), eplb-serve two engine runs per mode instead of three. The options are part of each
+result file's configuration, so ``bench compare`` refuses to compare across profiles.
 
 One suite: PATH is its result file. Several: PATH is a directory that gets ``<suite>.json``
 each. Without ``--out`` every suite writes where it does by default (``bench/results/``).
@@ -16,6 +22,16 @@ from pathlib import Path
 
 #: Suites ``bench run`` accepts, in the order of ``bench --help``.
 SUITES = ("decode", "quant-decode", "serve", "moe", "eplb", "eplb-serve", "ops", "shared-weight")
+#: Profile -> suite -> extra options (a suite not named runs with its defaults).
+PROFILES: dict[str, dict[str, list[str]]] = {
+    "default": {},
+    "nightly": {
+        "quant-decode": ["--enforce-eager"],
+        "serve": ["--enforce-eager"],
+        "moe": ["--worlds", "1,2"],
+        "eplb-serve": ["--repeats", "2"],
+    },
+}
 
 
 def suite_list(items: list[str]) -> list[str]:
@@ -46,8 +62,9 @@ def out_paths(suites: list[str], out: str | None) -> dict[str, Path | None]:
     return {s: path / f"{s}.json" for s in suites}
 
 
-def suite_argv(suite: str, out: Path | None) -> list[str]:
-    return [suite] + ([] if out is None else ["--out", str(out)])
+def suite_argv(suite: str, out: Path | None, profile: str = "default") -> list[str]:
+    return [suite, *PROFILES[profile].get(suite, [])] + ([] if out is None else
+                                                         ["--out", str(out)])
 
 
 def run(args) -> int:
@@ -65,9 +82,11 @@ def run(args) -> int:
     parser, status = build_parser(), 0
     for i, suite in enumerate(suites, 1):
         dest = outs[suite] or "its default result file"
-        print(f"[bench] run {i}/{len(suites)}: {suite} -> {dest}", file=sys.stderr, flush=True)
+        argv = suite_argv(suite, outs[suite], args.profile)
+        print(f"[bench] run {i}/{len(suites)}: {' '.join(argv[:-2] if outs[suite] else argv)}"
+              f" -> {dest}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        sub = parser.parse_args(suite_argv(suite, outs[suite]))
+        sub = parser.parse_args(argv)
         try:
             code = sub.run(sub)
         except SystemExit as e:  # a suite's own argument / precondition error
@@ -88,4 +107,7 @@ def add_parser(sub) -> None:
                    help=f"one or more of: {', '.join(SUITES)}")
     p.add_argument("--out", metavar="PATH", help="one suite: the result file; several: a "
                    "directory receiving <suite>.json each")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                   help="suite options: default (each suite's own) or nightly (lighter: "
+                   "see bench/run.py)")
     p.set_defaults(run=run)

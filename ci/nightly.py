@@ -5,15 +5,17 @@ when it runs over); every step runs even when an earlier one failed. The whole r
 budget (``--budget-min``, default 88): a step's limit is its own or what is left of the
 budget, whichever is smaller, so ``make nightly`` ends within 90 minutes:
 
-1. ``e2e-multicard``: ``pytest -m slow`` of tests/e2e/test_moe_models.py, the multi-process
-   layouts (TP2, TP2+EP, DP2+EP for the tiny MoE models, fp32 and W4A8, and the comm-method
-   overrides under TP2+EP) against single process, and of tests/e2e/test_shared_weight.py
-   (DP2+EP with ``layer_sharding``, compiled and eager, against unsharded);
-2. ``e2e-eplb``: ``pytest -m slow`` of tests/e2e/test_eplb_serving.py (EPLB on under TP2+EP,
-   DP2+EP, EP4, stop-the-world, expert maps);
+1. ``e2e-multicard``: ``MULTICARD``, slow tests of tests/e2e/test_moe_models.py (TP2,
+   TP2+EP, DP2+EP of the tiny MoE models, fp32 and W4A8, a comm-method override under
+   TP2+EP, each against single process) and tests/e2e/test_shared_weight.py (DP2+EP with
+   ``layer_sharding``, compiled, against unsharded);
+2. ``e2e-eplb``: ``EPLB``, slow tests of tests/e2e/test_eplb_serving.py (EPLB on under
+   DP2+EP, TP2+EP, EP4, stop-the-world, expert maps);
 3. ``accuracy``: ``pytest tests/e2e/accuracy -m ''`` (every accuracy gate, the slow ones
-   included), skipped when the directory does not exist;
-4. ``bench``: ``bench run`` of every suite into ``<run>/bench/<suite>.json``;
+   included; results and ``report.md`` in ``<run>/accuracy``), skipped when the directory
+   does not exist;
+4. ``bench``: ``bench run --profile nightly`` of every suite into
+   ``<run>/bench/<suite>.json`` (the profile: each suite's lighter options, bench/run.py);
 5. ``compare``: ``bench compare`` of each suite's file against the previous nightly's
    (``compare/<suite>.md`` and ``.json``), when a previous nightly has it.
 
@@ -57,6 +59,7 @@ class Step:
     limit_min: float
     why_skipped: str | None = None
     outcome: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
 
 
 def results_root() -> Path:
@@ -87,21 +90,45 @@ def comparisons(previous: Path | None, run_dir: Path) -> list[tuple[str, Path, P
             for s in SUITES if (previous / "bench" / f"{s}.json").is_file()]
 
 
+#: The multicard selection: each layout (TP2, TP2+EP, DP2+EP) once in float and once with
+#: W4A8 experts, across both tiny MoE models; a comm-method override; layer sharding compiled
+#: (DP2+EP) and its error path. The other parametrizations (every model x layout) are the
+#: same code paths on other inputs: ``make test-all`` runs them.
+MULTICARD = [
+    *(f"tests/e2e/test_moe_models.py::test_multi_process_matches_single_process[{case}]"
+      for case in ("qwen3_moe-tp2", "deepseek_v3-tp2_ep", "qwen3_moe-dp2_ep",
+                   "deepseek_v3-w4a8-tp2", "qwen3_moe-w4a8-tp2_ep", "deepseek_v3-w4a8-dp2_ep")),
+    "tests/e2e/test_moe_models.py::test_comm_override_under_tp2_ep[all2allv]",
+    "tests/e2e/test_shared_weight.py::test_sharded_tokens_match_unsharded"
+    "[deepseek_v3-dp2_ep-compiled]",
+    "tests/e2e/test_shared_weight.py::test_unknown_suffix_lists_the_models_linear_suffixes",
+]
+#: EPLB on: DP2+EP (float), TP2+EP (W4A8), EP4, stop-the-world, expert maps (the fast gate of
+#: ``make test`` covers TP2+EP float with planner kill and injected faults).
+EPLB = [
+    "tests/e2e/test_eplb_serving.py::test_layouts_keep_tokens_while_experts_move"
+    "[deepseek_v3-dp2_ep]",
+    "tests/e2e/test_eplb_serving.py::test_layouts_keep_tokens_while_experts_move"
+    "[qwen3_moe-w4a8-tp2_ep]",
+    "tests/e2e/test_eplb_serving.py::test_ep4",
+    "tests/e2e/test_eplb_serving.py::test_stop_the_world_mode_keeps_tokens",
+    "tests/e2e/test_eplb_serving.py::test_expert_map_round_trip",
+    "tests/e2e/test_eplb_serving.py::test_malformed_expert_map_is_a_clear_error",
+]
+
+
 def plan(python: str, run_dir: Path) -> list[Step]:
     # --durations: each test's time in the step's log, for keeping the plan in budget.
     pytest = [python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=-ra",
               "--durations=40"]
-    # Limits: about twice the expected minutes (e2e: ~1 min per engine start of the tiny
-    # MoE models, 18 + 11 + 14 starts; bench: the suites' documented times, ~35 min).
+    # Limits: about 1.5x the measured minutes (docs/benchmarks.md, "make nightly").
     steps = [
-        Step("e2e-multicard", pytest + ["tests/e2e/test_moe_models.py",
-                                        "tests/e2e/test_shared_weight.py", "-m", "slow", "-k",
-                                        "multi_process or comm_override or sharded or "
-                                        "unknown_suffix"], 45),
-        Step("e2e-eplb", pytest + ["tests/e2e/test_eplb_serving.py", "-m", "slow"], 30),
-        Step("accuracy", pytest + ["tests/e2e/accuracy", "-m", ""], 30),
-        Step("bench", [python, "-m", "bench", "run", *SUITES, "--out",
-                       str(run_dir / "bench")], 60),
+        Step("e2e-multicard", pytest + ["-m", "slow", *MULTICARD], 30),
+        Step("e2e-eplb", pytest + ["-m", "slow", *EPLB], 25),
+        Step("accuracy", pytest + ["tests/e2e/accuracy", "-m", ""], 45,
+             env={"VLLM_ASCEND_ACCURACY_RESULTS": str(run_dir / "accuracy")}),
+        Step("bench", [python, "-m", "bench", "run", "--profile", "nightly", *SUITES, "--out",
+                       str(run_dir / "bench")], 40),
         Step("compare", [], 3),
     ]
     if not (ROOT / "tests" / "e2e" / "accuracy").is_dir():
@@ -130,7 +157,7 @@ def run_step(step: Step, log_path: Path, limit_min: float) -> dict:
         log.write(f"# {' '.join(step.argv)}\n")
         log.flush()
         proc = subprocess.Popen(step.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **step.env})
         try:
             code = proc.wait(timeout=max(limit_min, 0.01) * 60)
             timed_out = False

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,30 @@ def vllm_env(**overrides: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("VLLM_ASCEND_PLATFORM", None)
     env.update(overrides)
+    if "VLLM_CACHE_ROOT" in overrides:
+        share_modelinfos(Path(overrides["VLLM_CACHE_ROOT"]))
     return env
+
+
+_MODELINFOS: Path | None = None
+
+
+def share_modelinfos(cache_root: Path) -> None:
+    """Point ``cache_root/modelinfos`` at one directory shared by this pytest process.
+
+    The e2e tests give each run its own ``VLLM_CACHE_ROOT`` (vLLM's compile cache key ignores
+    the platform plugin), but vLLM also keeps there its model-class inspection results, and a
+    cold one costs each engine start ~10 s (a subprocess importing the model). Those entries
+    are keyed by the hash of the model's source file and written atomically, so sharing them
+    is safe; the compile caches stay separate."""
+    global _MODELINFOS
+    if _MODELINFOS is None:
+        _MODELINFOS = Path(tempfile.mkdtemp(prefix="vllm-ascend-modelinfos-"))
+        atexit.register(shutil.rmtree, _MODELINFOS, ignore_errors=True)
+    link = cache_root / "modelinfos"
+    if not link.exists():
+        cache_root.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(_MODELINFOS, target_is_directory=True)
 
 
 PYTHON = sys.executable

@@ -143,10 +143,14 @@ def test_tp2_ep_moves_experts_survives_planner_kill_and_faults(run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, name, flags, ranks", [
-    ("deepseek_v3", "dp2_ep", ["--eager", "--dp", "2", "--ep"], 2),
-    ("qwen3_moe-w4a8", "tp2_ep", ["--eager", "--tp", "2", "--ep"], 2),
-    ("deepseek_v3-w4a8", "dp2_ep", ["--eager", "--dp", "2", "--ep"], 2),
-    ("qwen3_moe", "tp2_ep-compiled", ["--tp", "2", "--ep"], 2),
+    pytest.param("deepseek_v3", "dp2_ep", ["--eager", "--dp", "2", "--ep"], 2,
+                 id="deepseek_v3-dp2_ep"),
+    pytest.param("qwen3_moe-w4a8", "tp2_ep", ["--eager", "--tp", "2", "--ep"], 2,
+                 id="qwen3_moe-w4a8-tp2_ep"),
+    pytest.param("deepseek_v3-w4a8", "dp2_ep", ["--eager", "--dp", "2", "--ep"], 2,
+                 id="deepseek_v3-w4a8-dp2_ep"),
+    pytest.param("qwen3_moe", "tp2_ep-compiled", ["--tp", "2", "--ep"], 2,
+                 id="qwen3_moe-tp2_ep-compiled"),
 ])
 def test_layouts_keep_tokens_while_experts_move(run, model, name, flags, ranks):
     off, _ = run(model, f"{name}-off", flags)

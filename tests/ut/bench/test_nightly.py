@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,13 +41,28 @@ def test_suites_are_bench_runs():
 def test_plan_covers_the_issue(tmp_path):
     steps = {s.name: s for s in nightly.plan("py", tmp_path / "run")}
     assert list(steps) == list(nightly.STEP_NAMES)
-    multicard = " ".join(steps["e2e-multicard"].argv)
-    assert "tests/e2e/test_moe_models.py tests/e2e/test_shared_weight.py -m slow" in multicard
-    assert "multi_process or comm_override or sharded" in multicard
-    assert "tests/e2e/test_eplb_serving.py -m slow" in " ".join(steps["e2e-eplb"].argv)
-    assert steps["bench"].argv[:4] == ["py", "-m", "bench", "run"]
+    multicard, eplb = steps["e2e-multicard"].argv, steps["e2e-eplb"].argv
+    assert multicard[-len(nightly.MULTICARD) - 2:] == ["-m", "slow", *nightly.MULTICARD]
+    assert eplb[-len(nightly.EPLB) - 2:] == ["-m", "slow", *nightly.EPLB]
+    ids = " ".join(nightly.MULTICARD + nightly.EPLB)
+    for layout in ("-tp2]", "-tp2_ep]", "-dp2_ep]", "w4a8", "test_ep4", "stop_the_world",
+                   "expert_map", "test_shared_weight.py::test_sharded"):
+        assert layout in ids, layout
+    assert steps["bench"].argv[:6] == ["py", "-m", "bench", "run", "--profile", "nightly"]
     assert set(nightly.SUITES) <= set(steps["bench"].argv)
     assert steps["bench"].argv[-1] == str(tmp_path / "run" / "bench")
+
+
+def test_selected_tests_exist_and_are_slow():
+    """Every node id of the e2e steps is collected with ``-m slow`` (a renamed or unmarked
+    test would otherwise fail, or silently shrink, the nightly)."""
+    ids = nightly.MULTICARD + nightly.EPLB
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
+                           "addopts=", "--collect-only", "-q", "-m", "slow", *ids],
+                          cwd=nightly.ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert sorted(collected) == sorted(ids)
 
 
 def test_unknown_steps_are_refused(capsys):
@@ -79,7 +95,8 @@ def test_dry_run_runs_nothing(tmp_path, monkeypatch, capsys):
     assert "e2e-eplb" in out and "skipped: in --skip" in out
     assert f"compare ops: {prev / 'bench' / 'ops.json'}" in out
     assert "previous nightly's minutes: bench 31.5" in out
-    assert "'multi_process or comm_override or sharded or unknown_suffix'" in out  # shell-quoted
+    assert "'tests/e2e/test_moe_models.py::test_multi_process_matches_single_process" \
+        "[qwen3_moe-tp2]'" in out  # shell-quoted
     assert sorted(p.name for p in tmp_path.iterdir()) == [prev.name]  # nothing created
 
 

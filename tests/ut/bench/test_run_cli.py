@@ -96,3 +96,24 @@ def test_a_suite_raising_systemexit_does_not_stop_the_others(monkeypatch, record
     assert main(["run", "decode", "eplb"]) == 1
     assert calls == [("eplb", None)]
     assert "decode: model checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", sorted(bench_run.PROFILES))
+def test_every_profile_parses_for_its_suites(profile, tmp_path):
+    from bench.__main__ import build_parser
+
+    assert set(bench_run.PROFILES[profile]) <= set(bench_run.SUITES)
+    for suite in bench_run.SUITES:
+        args = build_parser().parse_args(bench_run.suite_argv(suite, tmp_path / "x", profile))
+        assert args.out == str(tmp_path / "x")
+
+
+def test_nightly_profile_reaches_the_suite(monkeypatch, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr(moe, "run", lambda args: seen.update(worlds=args.worlds))
+    assert main(["run", "--profile", "nightly", "moe", "--out", str(tmp_path / "m.json")]) == 0
+    assert seen["worlds"] == [1, 2]
+    assert "[bench] run 1/1: moe --worlds 1,2 ->" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: invalid choice, with the accepted ones
+        main(["run", "--profile", "bogus", "moe"])
+    assert "--profile: invalid choice: 'bogus'" in capsys.readouterr().err
