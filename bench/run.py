@@ -4,7 +4,8 @@ profile's options (``default``: each suite's defaults), a progress line per suit
 Profiles (``PROFILES``): ``default``; ``nightly``, the options ``make nightly`` runs with to
 stay in its 90 minutes: quant-decode and serve eager (one engine start each without the
 compile; decode stays compiled), moe's comm part on 1 and 2 ranks (not 4: two ranks per core
-here), eplb-serve two engine runs per mode instead of three. The options are part of each
+here), eplb-serve two engine runs per mode instead of three, 256 tokens each (~500 decode
+steps per mode instead of ~1100). The options are part of each
 result file's configuration, so ``bench compare`` refuses to compare across profiles.
 
 One suite: PATH is its result file. Several: PATH is a directory that gets ``<suite>.json``
@@ -29,7 +30,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "quant-decode": ["--enforce-eager"],
         "serve": ["--enforce-eager"],
         "moe": ["--worlds", "1,2"],
-        "eplb-serve": ["--repeats", "2"],
+        "eplb-serve": ["--repeats", "2", "--output-len", "256"],
     },
 }
 
