@@ -2,10 +2,11 @@
 profile's options (``default``: each suite's defaults), a progress line per suite on stderr.
 
 Profiles (``PROFILES``): ``default``; ``nightly``, the options ``make nightly`` runs with to
-stay in its 90 minutes: quant-decode and serve eager (one engine start each without the
-compile; decode stays compiled), moe's comm part on 1 and 2 ranks (not 4: two ranks per core
-here), eplb-serve two engine runs per mode instead of three, 256 tokens each (~500 decode
-steps per mode instead of ~1100). The options are part of each
+stay in its 90 minutes: decode, quant-decode and serve eager (no compile at each engine
+start; the compiled path's speed is the default profile's, e.g. ``bench ab``), moe's comm
+part on 1 and 2 ranks (not 4: two ranks per core here) and its decode part on DeepSeek-V3
+only (plugin, vanilla, EP2), eplb-serve two engine runs per mode instead of three, 256
+tokens each (~500 decode steps per mode instead of ~1100). The options are part of each
 result file's configuration, so ``bench compare`` refuses to compare across profiles.
 
 One suite: PATH is its result file. Several: PATH is a directory that gets ``<suite>.json``
@@ -27,9 +28,10 @@ SUITES = ("decode", "quant-decode", "serve", "moe", "eplb", "eplb-serve", "ops",
 PROFILES: dict[str, dict[str, list[str]]] = {
     "default": {},
     "nightly": {
+        "decode": ["--enforce-eager"],
         "quant-decode": ["--enforce-eager"],
         "serve": ["--enforce-eager"],
-        "moe": ["--worlds", "1,2"],
+        "moe": ["--worlds", "1,2", "--decode-models", "deepseek_v3"],
         "eplb-serve": ["--repeats", "2", "--output-len", "256"],
     },
 }
