@@ -113,7 +113,7 @@ def test_nightly_profile_reaches_the_suite(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(moe, "run", lambda args: seen.update(worlds=args.worlds))
     assert main(["run", "--profile", "nightly", "moe", "--out", str(tmp_path / "m.json")]) == 0
     assert seen["worlds"] == [1, 2]
-    assert "[bench] run 1/1: moe --worlds 1,2 ->" in capsys.readouterr().err
+    assert "[bench] run 1/1: moe --worlds 1,2 " in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: invalid choice, with the accepted ones
         main(["run", "--profile", "bogus", "moe"])
     assert "--profile: invalid choice: 'bogus'" in capsys.readouterr().err
