@@ -215,7 +215,8 @@ def run(args) -> int:
         cmd = server_command(args, port)
         log.write(f"===== server: {' '.join(cmd)}\n")
         log.flush()
-        _log(f"starting the server on 127.0.0.1:{port} (compiles first: 1-3 min); log: {log_path}")
+        start = "eager: ~30 s" if args.enforce_eager else "compiles first: 1-3 min"
+        _log(f"starting the server on 127.0.0.1:{port} ({start}); log: {log_path}")
         proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:

@@ -54,7 +54,9 @@ def judge(cfg: Config, result: dict, reference: dict | None = None) -> list[Row]
                                      f"{cfg.reference!r}")
                 mine = _item_scores(result, task.name, metric.name)
                 theirs = _item_scores(reference, task.name, metric.name)
-                if set(mine) != set(theirs):
+                same = set(mine) <= set(theirs) if cfg.gate == "equal" else \
+                    set(mine) == set(theirs)
+                if not mine or not same:
                     verdict = gates.Verdict(False, value, float("nan"),
                                             f"items differ from {cfg.reference}")
                 elif cfg.gate == "reference":

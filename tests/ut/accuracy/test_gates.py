@@ -64,6 +64,10 @@ def test_expected_and_equal_gates():
     assert gates.check_equal({0: "a", 1: "b"}, {0: "a", 1: "b"}).passed
     verdict = gates.check_equal({0: "a", 1: "c"}, {0: "a", 1: "b"})
     assert not verdict.passed and verdict.value == 0.5 and "[1]" in verdict.detail
+    # A smaller limit: the first docs of the reference's; never docs it lacks, never none.
+    assert gates.check_equal({0: "a"}, {0: "a", 1: "b"}).passed
+    assert not gates.check_equal({0: "a", 2: "c"}, {0: "a", 1: "b"}).passed
+    assert not gates.check_equal({}, {0: "a"}).passed
 
 
 def test_every_committed_config_loads():
