@@ -46,26 +46,24 @@ def judge(cfg: Config, result: dict, reference: dict | None = None) -> list[Row]
         got = result["tasks"][task.name]
         for metric in task.metrics:
             value = got["metrics"][metric.name]
+            if cfg.gate != "expected" and reference is None:
+                raise ValueError(f"{cfg.name}: gate {cfg.gate!r} needs the result of "
+                                 f"{cfg.reference!r}")
             if cfg.gate == "expected":
                 verdict = gates.check_expected(value, metric.value, metric.tolerance)
+            elif cfg.gate == "equal":  # check_equal judges which items may be compared
+                verdict = gates.check_equal(_answers(result, task.name),
+                                            _answers(reference, task.name))
             else:
-                if reference is None:
-                    raise ValueError(f"{cfg.name}: gate {cfg.gate!r} needs the result of "
-                                     f"{cfg.reference!r}")
                 mine = _item_scores(result, task.name, metric.name)
                 theirs = _item_scores(reference, task.name, metric.name)
-                same = set(mine) <= set(theirs) if cfg.gate == "equal" else \
-                    set(mine) == set(theirs)
-                if not mine or not same:
+                if not mine or set(mine) != set(theirs):
                     verdict = gates.Verdict(False, value, float("nan"),
                                             f"items differ from {cfg.reference}")
-                elif cfg.gate == "reference":
+                else:
                     ref_value = reference["tasks"][task.name]["metrics"][metric.name]
                     verdict = gates.check_reference([mine[d] for d in sorted(mine)],
                                                     ref_value, metric.tolerance)
-                else:
-                    verdict = gates.check_equal(_answers(result, task.name),
-                                                _answers(reference, task.name))
             rows.append(Row(cfg.name, result["backend"], task.name, metric.name, value,
                             got["stderr"].get(metric.name, float("nan")), got["n"], cfg.gate,
                             verdict))
