@@ -7,8 +7,9 @@ SmolLM2 in plain PyTorch with every decoder linear fake-quantized the W8A8_DYNAM
 (weights int8 per output channel, activations int8 per token, both symmetric; no smoothing),
 scored teacher-forced on the gate's items: an item counts when every answer token is the
 argmax (5-shot prompts as the task builds them, shots drawn with a fixed seed). Prints fp32,
-all quantized, and all quantized but the linears named by each ``--keep-float`` (a module
-suffix such as ``down_proj``, optionally ``@i,j`` for layers i and j only). Takes about 20 s
+all quantized, and all quantized but the linears named by each ``--keep-float`` (module
+suffixes such as ``down_proj`` or ``q_proj|k_proj|v_proj``, optionally ``@i,j`` for layers
+i and j only). Takes about 20 s
 per line for 160 items on 2 cores.
 """
 
@@ -70,10 +71,10 @@ class FakeQuant:
             module.weight.data = self.quant_w[name] if name in names else self.float_w[name]
 
     def matching(self, spec: str) -> set[str]:
-        """Linears named by ``suffix[@i,j,...]``."""
-        suffix, _, layers = spec.partition("@")
+        """Linears named by ``suffix[|suffix...][@i,j,...]``."""
+        suffixes, _, layers = spec.partition("@")
         wanted = {int(i) for i in layers.split(",")} if layers else None
-        found = {n for n in self.linears if n.endswith(suffix) and (
+        found = {n for n in self.linears if n.endswith(tuple(suffixes.split("|"))) and (
             wanted is None or any(f"layers.{i}." in n for i in wanted))}
         if not found:
             raise SystemExit(f"--keep-float {spec}: no decoder linear matches; suffixes: "
@@ -104,7 +105,7 @@ def score(model, batch: list[tuple[list[int], int]], pad: int, size: int = 20):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=160, help="test items (of 300)")
-    p.add_argument("--keep-float", action="append", default=[], metavar="SUFFIX[@i,j]",
+    p.add_argument("--keep-float", action="append", default=[], metavar="SUFFIX[|SUFFIX][@i,j]",
                    help="also score with these linears float (repeatable)")
     a = p.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
