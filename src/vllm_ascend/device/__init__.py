@@ -3,9 +3,10 @@
 from vllm_ascend.device.facade import (
     backend_name,
     device,
+    fusion,
     mark_volatile_weights,
     npu_available,
     ops,
 )
 
-__all__ = ["backend_name", "device", "mark_volatile_weights", "npu_available", "ops"]
+__all__ = ["backend_name", "device", "fusion", "mark_volatile_weights", "npu_available", "ops"]

@@ -103,11 +103,14 @@ class _Ops:
                 getattr(self, name)
             except AttributeError:  # torch_npu build without this operator
                 pass
+        for name in reference.FUSIONS:
+            fusion(name)
         if backend_name() == "reference":
             reference.prepare()  # the CPU fast-path probes, also outside any trace
 
     def _reset(self) -> None:
         self.__dict__.clear()
+        _fusions.clear()
 
     def __dir__(self) -> list[str]:
         from vllm_ascend.device import reference
@@ -138,6 +141,31 @@ def mark_volatile_weights(*tensors: Any) -> None:
         from vllm_ascend.device.reference import cpu_kernels
 
         cpu_kernels.mark_volatile(*tensors)
+
+
+#: Resolved fusions (name -> function or None); filled by fusion() and Ops.bind().
+_fusions: dict[str, Any] = {}
+
+
+def fusion(name: str) -> Any:
+    """A fusion the backend offers for a sequence of facade ops, or None (call the ops).
+
+    torch_npu offers none: its per-op kernels are what an NPU runs. The reference backend
+    offers CPU kernels (``reference.FUSIONS``), each returning None for arguments it does
+    not cover. An unknown name is a KeyError listing the known ones. Resolved once per name
+    (``ops.bind()`` resolves them all, outside any torch.compile trace).
+    """
+    try:
+        return _fusions[name]
+    except KeyError:
+        pass
+    from vllm_ascend.device import reference
+
+    if name not in reference.FUSIONS:
+        raise KeyError(f"unknown fusion {name!r}; known: {', '.join(sorted(reference.FUSIONS))}")
+    fn = None if backend_name() == "torch_npu" else reference.FUSIONS[name]
+    _fusions[name] = fn
+    return fn
 
 
 #: ``ops.npu_rms_norm(x, gamma, 1e-6)`` etc.

@@ -29,6 +29,17 @@ def _collect() -> dict[str, Callable]:
 OPS: dict[str, Callable] = _collect()
 
 
+def _fusions() -> dict[str, Callable]:
+    from vllm_ascend.device.reference import moe_mlp_fast
+
+    return {"grouped_swiglu_mlp": moe_mlp_fast.grouped_swiglu_mlp}
+
+
+#: Backend fusions (``facade.fusion``): name -> function returning None where it does not
+#: apply. Each stands for a sequence of facade ops, which stay the oracle.
+FUSIONS: dict[str, Callable] = _fusions()
+
+
 def prepare() -> None:
     """Probe the CPU fast paths (``vllm_ascend._C``, vLLM's oneDNN int8 GEMM) now.
 
@@ -36,7 +47,8 @@ def prepare() -> None:
     ``torch.compile`` trace (vLLM's fullgraph capture of the model) they would be a graph
     break, which vLLM refuses. ``Ops.bind`` calls this at plugin registration.
     """
-    from vllm_ascend.device.reference import cpu_kernels
+    from vllm_ascend.device.reference import cpu_kernels, moe_mlp_fast
 
     cpu_kernels.native_available()
     cpu_kernels.onednn_available()
+    moe_mlp_fast.available()

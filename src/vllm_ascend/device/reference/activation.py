@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_ascend.device.reference import fused_fast
+from vllm_ascend.device.reference import fused_fast, norm_rope_fast
 from vllm_ascend.device.reference._common import (
     as_dtype,
     plain_dtype,
@@ -175,6 +175,9 @@ def npu_rms_norm(input, gamma, epsilon=1e-06):
     ``y = x * rstd * gamma`` cast to input's dtype. Returns (y, rstd) with rstd fp32 of
     shape ``(..., 1)``.
     """
+    fast = norm_rope_fast.rms_norm(input, gamma, epsilon)  # one C++ op where it applies
+    if fast is not None:
+        return fast
     y, rstd = _rms(input, gamma, epsilon)
     return y.to(input.dtype), rstd
 
@@ -191,6 +194,9 @@ def npu_add_rms_norm(x1, x2, gamma, epsilon=1e-06):
     ``x_sum = x1 + x2`` rounded to x1's dtype; ``y, rstd = rms_norm(x_sum)``.
     Returns (y, rstd, x_sum).
     """
+    fast = norm_rope_fast.add_rms_norm(x1, x2, gamma, epsilon)  # one C++ op where it applies
+    if fast is not None:
+        return fast
     x_sum = _add(x1, x2)
     y, rstd = npu_rms_norm(x_sum, gamma, epsilon)
     return y, rstd, x_sum
@@ -259,6 +265,9 @@ def npu_rotary_mul(input, r1, r2, rotary_mode="half", rotate=None):
     """
     if rotate is not None:
         raise ValueError("rotate (an explicit rotation matrix) is not supported; pass None")
+    fast = norm_rope_fast.rotary_mul(input, r1, r2, rotary_mode)  # one C++ op where it applies
+    if fast is not None:
+        return fast
     for name, r in (("r1", r1), ("r2", r2)):
         if r.shape[-1] != input.shape[-1]:
             raise ValueError(f"{name} last dim {r.shape[-1]} must equal input's {input.shape[-1]}")

@@ -123,7 +123,9 @@ def _probe_native() -> bool:
         return all(hasattr(ns, op) for op in ("wq_matmul", "wq_dequant", "dynamic_quant_int8",
                                               "i8_matmul", "a8w4_matmul", "a8w4_pack",
                                               "a8w4_mm_cached", "onednn_int8_mm",
-                                              "add_rms_norm_quant", "swiglu_dynamic_quant"))
+                                              "add_rms_norm_quant", "swiglu_dynamic_quant",
+                                              "rms_norm", "add_rms_norm",
+                                              "grouped_swiglu_mlp"))
     except (OSError, RuntimeError, ImportError, AttributeError):
         return False
 

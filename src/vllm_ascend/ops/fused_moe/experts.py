@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from vllm_ascend.device import ops
+from vllm_ascend.device import fusion, ops
 
 
 class ExpertsFn(Protocol):
@@ -38,6 +38,10 @@ def grouped_mlp(x_sorted: torch.Tensor, group_list: torch.Tensor, w13: torch.Ten
     x_sorted ``(rows, H)``; group_list ``(L,)`` int64 counts; w13 ``(L, H, 2I)`` with the
     gate in the first I columns and up in the last I; w2 ``(L, I, H)``. Returns
     ``(rows, H)`` in x's dtype (rows past ``sum(group_list)`` are 0).
+
+    Runs the backend's fusion of the three ops where it offers one for these arguments
+    (same math; see ``device.reference.moe_mlp_fast`` for its tolerance), else
+    ``npu_grouped_matmul`` -> ``npu_swiglu`` -> ``npu_grouped_matmul``.
     """
     if x_sorted.dim() != 2 or w13.dim() != 3 or w2.dim() != 3:
         raise ValueError(f"x_sorted must be (rows, H), w13 (L, H, 2I), w2 (L, I, H); got "
@@ -51,6 +55,11 @@ def grouped_mlp(x_sorted: torch.Tensor, group_list: torch.Tensor, w13: torch.Ten
         raise ValueError(f"shapes disagree: x_sorted {tuple(x_sorted.shape)}, group_list "
                          f"{tuple(group_list.shape)}, w13 {tuple(w13.shape)}, w2 "
                          f"{tuple(w2.shape)}; want (rows, H), (L,), (L, H, 2I), (L, I, H)")
+    fused = fusion("grouped_swiglu_mlp")  # reference backend: device.reference.moe_mlp_fast
+    if fused is not None:
+        out = fused(x_sorted, group_list, w13, w2)
+        if out is not None:
+            return out
     gate_up = _gmm(x_sorted, w13, group_list)  # (rows, 2I)
     return _gmm(ops.npu_swiglu(gate_up), w2, group_list)  # (rows, H)
 
