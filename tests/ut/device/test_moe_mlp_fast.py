@@ -161,3 +161,110 @@ def test_compiled_call_has_one_op_with_symbolic_rows():
         x = torch.randn(rows, 64)
         torch.testing.assert_close(fn(x, gl), moe_mlp_fast.grouped_swiglu_mlp(x, gl, w13, w2))
     assert len(graphs) == 1 and any("grouped_swiglu_mlp" in t for t in graphs[0])
+
+
+# --- swiglu_moe: dispatch + grouped MLP + combine of a rank holding every expert ------------
+def moe64(x, topk_weights, topk_ids, w13, w2):
+    """sum_j w[:, j] * mlp_{id[:, j]}(x) in float64, and the bound of its fp32 rounding."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    mag = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for w, e in zip(topk_weights[t].tolist(), topk_ids[t].tolist()):
+            y, m = mlp64(x[t:t + 1], torch.tensor([1]), w13[e:e + 1], w2[e:e + 1])
+            out[t] += w * y[0]
+            mag[t] += abs(w) * m[0]
+    return out, mag
+
+
+@settings(max_examples=50)
+@given(seed=SEEDS, local=st.integers(1, 8), hidden=st.sampled_from([32, 64]),
+       inter=st.sampled_from([32, 64]), tokens=st.integers(0, 9), k=st.integers(1, 4),
+       one_expert=st.booleans())
+def test_swiglu_moe_matches_float64_and_the_layer_composite(seed, local, hidden, inter, tokens,
+                                                            k, one_expert):
+    from vllm_ascend.ops.fused_moe.comm.registry import get_comm_method
+    from vllm_ascend.ops.fused_moe.layer import moe_forward
+
+    k = min(k, local)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g)
+    w13 = torch.randn(local, hidden, 2 * inter, generator=g) * hidden ** -0.5
+    w2 = torch.randn(local, inter, hidden, generator=g) * inter ** -0.5
+    logits = torch.randn(tokens, local, generator=g)
+    if one_expert:  # every token's first choice is expert 0
+        logits[:, 0] += 100.0
+    ids = logits.topk(k, dim=-1).indices.to(torch.int32)
+    weights = torch.rand(tokens, k, generator=g)
+    got = moe_mlp_fast.swiglu_moe(x, weights, ids, w13, w2)
+    assert got is not None and got.shape == x.shape and got.dtype == x.dtype
+    want, mag = moe64(x, weights, ids, w13, w2)
+    assert bool(((got.double() - want).abs() <= 2e-5 * mag + 1e-30).all())
+
+    comm = get_comm_method("allgather")(None, local)  # one rank: moe_forward takes the fusion
+    fused = moe_forward(x, logits, w13, w2, top_k=k, comm=comm, renormalize=True)
+    saved, moe_mlp_fast.enabled = moe_mlp_fast.enabled, False
+    try:
+        plain = moe_forward(x, logits, w13, w2, top_k=k, comm=comm, renormalize=True)
+    finally:
+        moe_mlp_fast.enabled = saved
+    tol = 4e-5 * float(mag.max()) * k if mag.numel() else 0.0
+    torch.testing.assert_close(fused, plain, rtol=0, atol=tol + 1e-30)
+
+
+def test_moe_forward_takes_the_fusion_only_with_every_expert_local(monkeypatch):
+    from vllm_ascend.ops.fused_moe import layer
+    from vllm_ascend.ops.fused_moe.comm.registry import get_comm_method
+
+    calls = []
+    real = layer.local_swiglu_moe
+    monkeypatch.setattr(layer, "local_swiglu_moe",
+                        lambda *a: calls.append(1) or real(*a))
+    x, logits = torch.randn(3, 64), torch.randn(3, 4)
+    w13, w2 = torch.randn(4, 64, 64), torch.randn(4, 32, 64)
+    comm = get_comm_method("allgather")(None, 4)
+    layer.moe_forward(x, logits, w13, w2, top_k=2, comm=comm)
+    assert calls == [1]
+
+    class Eplb:  # EPLB must see the dispatch's group_list: no fusion
+        def to_physical(self, ids):
+            return ids
+
+        def record(self, group_list):
+            self.seen = group_list
+
+    eplb = Eplb()
+    layer.moe_forward(x, logits, w13, w2, top_k=2, comm=comm, eplb=eplb)
+    assert calls == [1] and int(eplb.seen.sum()) == 6
+
+
+def test_swiglu_moe_rejects_ids_outside_the_experts_and_declines_other_dtypes():
+    x, w13, w2 = torch.randn(2, 64), torch.randn(3, 64, 64), torch.randn(3, 32, 64)
+    weights = torch.ones(2, 2)
+    with pytest.raises(RuntimeError, match=r"topk_ids holds 3, outside the 3 experts"):
+        moe_mlp_fast.swiglu_moe(x, weights, torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
+                                w13, w2)
+    ids = torch.tensor([[0, 1], [2, 0]], dtype=torch.int32)
+    assert moe_mlp_fast.swiglu_moe(x, weights, ids.long(), w13, w2) is None
+    assert moe_mlp_fast.swiglu_moe(x, weights.double(), ids, w13, w2) is None
+    assert moe_mlp_fast.swiglu_moe(torch.randn(2, 48), weights, ids, torch.randn(3, 48, 64),
+                                   torch.randn(3, 32, 48)) is None
+
+
+def test_compiled_swiglu_moe_has_one_op_with_symbolic_tokens():
+    import torch._dynamo
+
+    w13, w2 = torch.randn(4, 64, 64), torch.randn(4, 32, 64)
+    graphs = []
+
+    def backend(gm, _inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes])
+        return gm
+
+    fn = torch.compile(lambda x, w, i: torch.ops.vllm_ascend.swiglu_moe(x, w, i, w13, w2, "vec"),
+                       backend=backend, dynamic=True, fullgraph=True)
+    torch._dynamo.reset()
+    for tokens in (3, 7, 12):
+        x, w = torch.randn(tokens, 64), torch.rand(tokens, 2)
+        ids = torch.randint(0, 4, (tokens, 2), dtype=torch.int32)
+        torch.testing.assert_close(fn(x, w, ids), moe_mlp_fast.swiglu_moe(x, w, ids, w13, w2))
+    assert len(graphs) == 1 and any("swiglu_moe" in t for t in graphs[0])

@@ -32,7 +32,8 @@ OPS: dict[str, Callable] = _collect()
 def _fusions() -> dict[str, Callable]:
     from vllm_ascend.device.reference import moe_mlp_fast
 
-    return {"grouped_swiglu_mlp": moe_mlp_fast.grouped_swiglu_mlp}
+    return {"grouped_swiglu_mlp": moe_mlp_fast.grouped_swiglu_mlp,
+            "swiglu_moe": moe_mlp_fast.swiglu_moe}
 
 
 #: Backend fusions (``facade.fusion``): name -> function returning None where it does not

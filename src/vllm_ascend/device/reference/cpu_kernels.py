@@ -125,7 +125,7 @@ def _probe_native() -> bool:
                                               "a8w4_mm_cached", "onednn_int8_mm",
                                               "add_rms_norm_quant", "swiglu_dynamic_quant",
                                               "rms_norm", "add_rms_norm",
-                                              "grouped_swiglu_mlp"))
+                                              "grouped_swiglu_mlp", "swiglu_moe"))
     except (OSError, RuntimeError, ImportError, AttributeError):
         return False
 

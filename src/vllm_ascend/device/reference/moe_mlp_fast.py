@@ -68,7 +68,8 @@ def _probe() -> bool:
         c = torch.ops._C
         return cpu_kernels.native_available() and hasattr(c, "cpu_fused_moe") \
             and hasattr(c, "prepack_moe_weight") \
-            and hasattr(torch.ops.vllm_ascend, "grouped_swiglu_mlp")
+            and hasattr(torch.ops.vllm_ascend, "grouped_swiglu_mlp") \
+            and hasattr(torch.ops.vllm_ascend, "swiglu_moe")
     except Exception:  # no vLLM, or a build without its CPU kernels
         return False
 
@@ -93,21 +94,21 @@ def clear_cache() -> None:
 
 
 _DTYPES = (torch.float32, torch.bfloat16)
+_COUNTS = (torch.int32, torch.int64)
 
 
-def _fits(x: torch.Tensor, group_list: torch.Tensor, w13: torch.Tensor,
-          w2: torch.Tensor) -> bool:
-    if x.dtype not in _DTYPES or w13.dtype != x.dtype or w2.dtype != x.dtype \
-            or group_list.dtype not in (torch.int32, torch.int64) or x.dim() != 2 \
-            or w13.dim() != 3 or w2.dim() != 3 or group_list.dim() != 1:
+def _fits(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> bool:
+    """x ``(rows, H)``, w13 ``(L, H, 2I)``, w2 ``(L, I, H)``: the kernel's dtypes, alignment
+    and layout, and weights that stay put."""
+    if x.dtype not in _DTYPES or w13.dtype != x.dtype or w2.dtype != x.dtype or x.dim() != 2 \
+            or w13.dim() != 3 or w2.dim() != 3:
         return False
     local, hidden, two_i = w13.shape
     if hidden == 0 or two_i % (2 * ALIGN) or hidden % ALIGN or two_i == 0 \
-            or tuple(w2.shape) != (local, two_i // 2, hidden) or x.shape[1] != hidden \
-            or group_list.shape[0] != local:
+            or tuple(w2.shape) != (local, two_i // 2, hidden) or x.shape[1] != hidden:
         return False
-    return x.is_cpu and w13.is_cpu and w2.is_cpu and group_list.is_cpu \
-        and x.is_contiguous() and w13.is_contiguous() and w2.is_contiguous() \
+    return x.is_cpu and w13.is_cpu and w2.is_cpu and x.is_contiguous() \
+        and w13.is_contiguous() and w2.is_contiguous() \
         and not cpu_kernels.is_volatile(w13) and not cpu_kernels.is_volatile(w2)
 
 
@@ -119,7 +120,26 @@ def grouped_swiglu_mlp(x: torch.Tensor, group_list: torch.Tensor, w13: torch.Ten
     ``(L, H, 2I)`` gate | up; w2 ``(L, I, H)`` -> ``(rows, H)`` in x's dtype. Negative
     counts or a sum above ``rows`` are a RuntimeError from the C++ op.
     """
-    if not enabled or cpu_kernels.force_exact or not _fits(x, group_list, w13, w2) \
-            or not available():
+    if not enabled or cpu_kernels.force_exact or group_list.dtype not in _COUNTS \
+            or group_list.dim() != 1 or not group_list.is_cpu or not _fits(x, w13, w2) \
+            or group_list.shape[0] != w13.shape[0] or not available():
         return None
     return torch.ops.vllm_ascend.grouped_swiglu_mlp(x, group_list, w13, w2, ISA)
+
+
+def swiglu_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+               w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor | None:
+    """Dispatch, grouped MLP and combine of a rank holding every expert in one kernel call
+    (the kernel's own routing), or None (same conditions as :func:`grouped_swiglu_mlp`).
+
+    x ``(M, H)``; topk_weights ``(M, K)`` fp32; topk_ids ``(M, K)`` int32 in ``[0, L)``;
+    w13 ``(L, H, 2I)``; w2 ``(L, I, H)`` -> ``(M, H)`` in x's dtype:
+    ``sum_j topk_weights[:, j] * mlp_{topk_ids[:, j]}(x)``. An id outside ``[0, L)`` is a
+    RuntimeError from the C++ op.
+    """
+    if not enabled or cpu_kernels.force_exact or topk_weights.dtype != torch.float32 \
+            or topk_ids.dtype != torch.int32 or not topk_ids.is_cpu \
+            or not topk_weights.is_cpu or topk_ids.dim() != 2 or topk_ids.shape[1] == 0 \
+            or not _fits(x, w13, w2) or not available():
+        return None
+    return torch.ops.vllm_ascend.swiglu_moe(x, topk_weights, topk_ids, w13, w2, ISA)

@@ -64,6 +64,20 @@ def grouped_mlp(x_sorted: torch.Tensor, group_list: torch.Tensor, w13: torch.Ten
     return _gmm(ops.npu_swiglu(gate_up), w2, group_list)  # (rows, H)
 
 
+def local_swiglu_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                     w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor | None:
+    """Dispatch + :func:`grouped_mlp` + combine in one backend call, for a rank that holds
+    every expert (nothing travels), or None where the backend has no such fusion for these
+    arguments (then run the comm method's steps).
+
+    x ``(M, H)``; topk_weights ``(M, K)`` fp32; topk_ids ``(M, K)`` int32 expert ids in
+    ``[0, L)``; w13 ``(L, H, 2I)``; w2 ``(L, I, H)`` -> ``(M, H)``:
+    ``sum_j topk_weights[:, j] * mlp_{topk_ids[:, j]}(x)``.
+    """
+    fused = fusion("swiglu_moe")  # reference backend: device.reference.moe_mlp_fast
+    return None if fused is None else fused(x, topk_weights, topk_ids, w13, w2)
+
+
 def unquantized_experts(w13: torch.Tensor, w2: torch.Tensor) -> ExpertsFn:
     """The default :data:`ExpertsFn` over float weights (ignores dynamic_scale: None)."""
 

@@ -6,6 +6,10 @@
 ``prepare`` comes before selection because a method may gather other ranks' tokens
 (allgather), which are then routed here. The comm method decides where tokens travel,
 ``experts_fn`` what happens to them; neither knows the other's internals.
+
+One shortcut: with float experts on a single EP rank and no EPLB, nothing travels, and
+dispatch -> grouped MLP -> combine is one backend fusion where the backend offers it
+(``experts.local_swiglu_moe``; the reference backend's is one vLLM CPU kernel call).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Callable, Protocol
 import torch
 
 from vllm_ascend.ops.fused_moe.comm.base import MoECommMethod
-from vllm_ascend.ops.fused_moe.experts import ExpertsFn, unquantized_experts
+from vllm_ascend.ops.fused_moe.experts import ExpertsFn, local_swiglu_moe, unquantized_experts
 from vllm_ascend.ops.fused_moe.select import select_experts
 
 
@@ -59,7 +63,8 @@ def moe_forward(
     physical slots before dispatch, and records the tokens each local slot computed.
     Returns ``(N, H)``: ``sum_k w_k * expert_{id_k}(x)`` (+ shared experts).
     """
-    if experts_fn is None:
+    float_experts = experts_fn is None
+    if float_experts:
         if w13 is None or w2 is None:
             raise ValueError("pass w13 and w2, or an experts_fn")
         if w13.shape[0] != comm.num_local_experts:
@@ -78,15 +83,21 @@ def moe_forward(
         topk_group=topk_group,
         routed_scaling_factor=routed_scaling_factor,
     )
-    if eplb is not None:
-        topk_ids = eplb.to_physical(topk_ids)  # logical expert -> one of its replicas
-    dispatched = comm.dispatch(prepared.hidden_states, topk_weights, topk_ids,
-                               quantize=dispatch_int8)
-    if eplb is not None:
-        eplb.record(dispatched.group_list)  # tokens per local slot; no host sync
-    expert_output = experts_fn(dispatched.hidden_states, dispatched.group_list,
-                               dispatched.dynamic_scale)
-    combined = comm.combine(expert_output, dispatched.context)
+    combined = None
+    if float_experts and eplb is None and comm.ep_size == 1:
+        # Every expert is local and nothing travels: the backend may fuse dispatch, the
+        # grouped MLP and combine (the reference backend: one vLLM CPU kernel call).
+        combined = local_swiglu_moe(prepared.hidden_states, topk_weights, topk_ids, w13, w2)
+    if combined is None:
+        if eplb is not None:
+            topk_ids = eplb.to_physical(topk_ids)  # logical expert -> one of its replicas
+        dispatched = comm.dispatch(prepared.hidden_states, topk_weights, topk_ids,
+                                   quantize=dispatch_int8)
+        if eplb is not None:
+            eplb.record(dispatched.group_list)  # tokens per local slot; no host sync
+        expert_output = experts_fn(dispatched.hidden_states, dispatched.group_list,
+                                   dispatched.dynamic_scale)
+        combined = comm.combine(expert_output, dispatched.context)
     output = comm.finalize(combined, prepared.context).to(hidden_states.dtype)
     if shared_experts_fn is not None:
         output = output + shared_experts_fn(hidden_states)
