@@ -226,8 +226,15 @@ class AscendMoERunner(MoERunner):
         x = tp_chunk(hidden_states, lay.tp_chunks, lay.tp_rank)
         logits = tp_chunk(router_logits, lay.tp_chunks, lay.tp_rank)
         grouped = experts.use_grouped_topk and (experts.num_expert_group or 1) > 1
+        method = experts.quant_method
+        if isinstance(method, AscendUnquantizedFusedMoEMethod):
+            # float experts by weight: moe_forward may then fuse dispatch, MLP and combine
+            w13, w2, experts_fn = experts.w13_weight, experts.w2_weight, None
+        else:
+            w13 = w2 = None
+            experts_fn = functools.partial(method.apply_experts, experts)
         out = moe_forward(
-            x, logits, None, None,
+            x, logits, w13, w2,
             top_k=experts.top_k,
             comm=self.comm_for_step(n),
             scoring=experts.scoring_func,
@@ -236,7 +243,7 @@ class AscendMoERunner(MoERunner):
             num_expert_group=experts.num_expert_group if grouped else None,
             topk_group=experts.topk_group if grouped else None,
             routed_scaling_factor=experts.routed_scaling_factor,
-            experts_fn=functools.partial(experts.quant_method.apply_experts, experts),
+            experts_fn=experts_fn,
             eplb=self.eplb,
         )
         return tp_unchunk(out, n, lay.tp_chunks, lay.tp_rank)
