@@ -40,7 +40,7 @@ def _extensions():
         "vllm_ascend._C",
         ["csrc/cpu_kernels.cpp", "csrc/a8w4_kernels.cpp", "csrc/onednn_int8.cpp",
          "csrc/grouped_matmul.cpp", "csrc/moe_routing.cpp", "csrc/fused_quant.cpp",
-         "csrc/moe_mlp.cpp", "csrc/norm_rope.cpp"],
+         "csrc/moe_mlp.cpp", "csrc/norm_rope.cpp", "csrc/grouped_int8.cpp"],
         # No FMA contraction and no fast-math: dynamic_quant_int8 must round exactly like
         # the torch ops it mirrors. AVX2/AVX-512 code is enabled per function in the source.
         extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math",

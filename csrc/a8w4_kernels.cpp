@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "tensor_cache.h"
+#include "vnni.h"
 
 namespace {
 
@@ -68,12 +69,7 @@ inline int32_t x4(const int8_t* p) {  // 4 activations as one int32 (unaligned)
 
 // ---------------------------------------------------------------- AVX-512 VNNI (zmm)
 
-// vpdpbusd through inline asm: GCC 12's builtin pins its accumulator to zmm0-15 (the VEX
-// form's registers) and copies every accumulator around each instruction.
-__attribute__((target("avx512f"), always_inline)) inline void dpbusd512(__m512i& acc, __m512i u,
-                                                                        __m512i x) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(x));
-}
+using vllm_ascend::dpbusd512;  // csrc/vnni.h
 
 // Totals stay in a stack buffer (touched once per group) so that the 32 zmm registers hold
 // the 2 * ROWS accumulators of the inner loop. FLY (few rows, memory-bound): the column term
@@ -132,7 +128,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_512(const A8& 
 __attribute__((target("avx2,avxvnni"), always_inline)) inline __m256i dot_vnni(__m256i acc,
                                                                                __m256i u,
                                                                                __m256i x) {
-  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(x));  // (see dpbusd512)
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(x));  // (see vnni.h)
   return acc;
 }
 

@@ -19,9 +19,11 @@
 // reference's torch matmul: fp32 tolerance.
 //
 // int8 (x, weight int8; Python only sends it where vLLM's oneDNN int8 GEMM is exact, VNNI/AMX):
-// the exact accumulators per group from vllm_ascend::onednn_int8_mm (csrc/onednn_int8.cpp,
-// prepacked per expert in its C++ cache), then the reference's epilogue with the same fp32
-// operations in the same order, so the outputs are bit-identical to the reference:
+// the exact accumulators per group, for groups of up to max_kernel_rows rows on AVX-512 VNNI
+// CPUs with isa=2 from csrc/grouped_int8.cpp, otherwise from vllm_ascend::onednn_int8_mm
+// (csrc/onednn_int8.cpp, prepacked per expert in its C++ cache), then the reference's
+// epilogue with the same fp32 operations in the same order, so the outputs are bit-identical
+// to the reference:
 //   no scale: int32 acc + int32 bias (out_dtype int32);
 //   scale:    act(float(acc + b_int) * scale[e] [* per_token_scale[m]] [+ b_float]) cast to
 //             out_dtype (fp32/bf16/fp16).
@@ -42,6 +44,8 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include "grouped_int8.h"
 
 namespace {
 
@@ -321,9 +325,22 @@ at::Tensor grouped_matmul_cpu(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK_VALUE(weight.size(1) > 0 && N > 0, "grouped_matmul: int8 needs K > 0 and N > 0");
   const at::Tensor pt =
       per_token_scale ? per_token_scale->reshape(-1).to(at::kFloat) : at::Tensor();
+  // Groups of up to max_kernel_rows rows: csrc/grouped_int8.cpp's VNNI kernel, all at once.
+  std::vector<vllm_ascend::RowGroup> small;
+  if (isa >= 2 && vllm_ascend::int8_vnni_supported() && vllm_ascend::int8_vnni_fits(weight)) {
+    for (const auto& g : groups)
+      if (g.hi - g.lo <= max_kernel_rows) small.push_back({g.e, g.lo, g.hi});
+  }
+  at::Tensor vnni_acc;
+  if (!small.empty()) {
+    vnni_acc = at::empty({M, N}, x.options().dtype(at::kInt));
+    vllm_ascend::grouped_int8_vnni(xc, weight, small, vnni_acc);
+  }
   for (const auto& g : groups) {
     const int64_t rows = g.hi - g.lo;
-    at::Tensor acc = mm.call(xc.narrow(0, g.lo, rows), weight[g.e]);  // fp32 or f64, exact
+    const bool vnni = vnni_acc.defined() && rows <= max_kernel_rows;
+    at::Tensor acc = vnni ? vnni_acc.narrow(0, g.lo, rows)  // int32, exact
+                          : mm.call(xc.narrow(0, g.lo, rows), weight[g.e]);  // fp32/f64, exact
     at::Tensor out = y.narrow(0, g.lo, rows);
     const bool int_bias = bias && bias->scalar_type() == at::kInt;
     if (int_bias) acc = acc.to(at::kDouble).add_((*bias)[g.e].to(at::kDouble));

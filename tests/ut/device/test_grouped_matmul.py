@@ -147,16 +147,28 @@ def test_float_matches_reference_and_float64(isa, case, k, n, seed, bf16, with_b
     assert torch.equal(torch.cat(wired)[:rows], y)
 
 
+INT8_ISAS = pytest.mark.parametrize("isa", [
+    pytest.param(2, id="vnni", marks=pytest.mark.skipif(
+        not ck.avx512_vnni_available(), reason="no AVX-512 VNNI here")),
+    pytest.param(0, id="onednn")])
+
+
 @needs_int8
-@given(case=groups(), k=st.sampled_from([1, 7, 64, 100, 1100]), n=st.sampled_from([1, 9, 48, 70]),
+@INT8_ISAS
+@given(case=groups(), k=st.sampled_from([1, 7, 64, 100, 1100]),
+       n=st.sampled_from([1, 9, 48, 64, 70, 130]),
        seed=SEEDS, mode=st.sampled_from(["raw", "raw_bias", "channel", "token", "token_bf16"]),
        counts=st.booleans(), split_item=st.sampled_from([0, 2]),
-       act_type=st.sampled_from([0, 5]))
-def test_int8_bit_identical_to_reference(case, k, n, seed, mode, counts, split_item, act_type):
+       act_type=st.sampled_from([0, 5]), extreme=st.booleans())
+def test_int8_bit_identical_to_reference(isa, case, k, n, seed, mode, counts, split_item,
+                                         act_type, extreme):
     m, experts, ends = case
     g = gen(seed)
     x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w = torch.randint(-128, 128, (experts, k, n), dtype=torch.int8, generator=g)
+    if extreme:  # the largest |sums|: every product 128 * 128 (the VNNI kernel's headroom)
+        x.fill_(-128)
+        w.fill_(-128)
     kw = dict(group_list=as_group_list(ends, counts), group_type=0, group_list_type=int(counts),
               split_item=split_item)
     if mode.startswith("raw"):
@@ -173,7 +185,8 @@ def test_int8_bit_identical_to_reference(case, k, n, seed, mode, counts, split_i
         else:
             kw["per_token_scale"] = [(torch.rand(m, generator=g) + 0.1).to(sdt)]
             kw["bias"] = [torch.randn(experts, n, generator=g)]
-    y = mm.npu_grouped_matmul([x], [w], **kw)
+    with _isa(isa):
+        y = mm.npu_grouped_matmul([x], [w], **kw)
     ref = reference([x], [w], **kw)
     assert len(y) == len(ref) and all(torch.equal(a, b) for a, b in zip(y, ref))
     out = torch.cat(y)
@@ -184,6 +197,41 @@ def test_int8_bit_identical_to_reference(case, k, n, seed, mode, counts, split_i
             if mode == "raw_bias":
                 expected[lo:hi] += kw["bias"][0][e].long()
         assert out.dtype == torch.int32 and torch.equal(out.long(), expected[:out.shape[0]])
+
+
+@needs_int8
+@INT8_ISAS
+def test_int8_large_and_small_groups_in_one_call(isa):
+    """Groups above KERNEL_MAX_ROWS go to oneDNN, the others to the VNNI kernel (isa 2)."""
+    g = gen(3)
+    counts = [gm.KERNEL_MAX_ROWS + 5, 0, 3, gm.KERNEL_MAX_ROWS]
+    x = torch.randint(-128, 128, (sum(counts) + 2, 96), dtype=torch.int8, generator=g)
+    w = torch.randint(-128, 128, (4, 96, 80), dtype=torch.int8, generator=g)
+    kw = dict(group_list=torch.tensor(counts), group_type=0, group_list_type=1, split_item=2,
+              scale=[torch.rand(4, 80, generator=g)], output_dtype=torch.float32)
+    with _isa(isa):
+        y = mm.npu_grouped_matmul([x], [w], **kw)[0]
+    assert torch.equal(y, reference([x], [w], **kw)[0])
+
+
+@needs_int8
+@pytest.mark.skipif(not ck.avx512_vnni_available(), reason="no AVX-512 VNNI here")
+def test_int8_vnni_pack_is_cached_and_rebuilt_after_an_in_place_write():
+    g = gen(4)
+    x = torch.randint(-128, 128, (5, 64), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (2, 64, 33), dtype=torch.int8, generator=g)  # negatable
+    kw = dict(group_list=torch.tensor([2, 3]), group_type=0, group_list_type=1, split_item=2,
+              output_dtype=torch.int32)
+    before = int(torch.ops.vllm_ascend.grouped_int8_cache(False))
+    first = mm.npu_grouped_matmul([x], [w], **kw)[0]
+    mm.npu_grouped_matmul([x], [w], **kw)
+    assert int(torch.ops.vllm_ascend.grouped_int8_cache(False)) == before + 1  # one pack, a hit
+    with torch.no_grad():
+        w[1].neg_()  # an EPLB expert move writes a slot in place like this
+    again = mm.npu_grouped_matmul([x], [w], **kw)[0]
+    assert int(torch.ops.vllm_ascend.grouped_int8_cache(False)) == before + 2
+    assert torch.equal(again[:2], first[:2]) and torch.equal(again[2:], -first[2:])
+    assert torch.equal(again, reference([x], [w], **kw)[0])
 
 
 @needs_int8

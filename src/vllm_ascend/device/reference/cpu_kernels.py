@@ -188,11 +188,19 @@ def onednn_available() -> bool:
     return _onednn
 
 
+def avx512_vnni_available() -> bool:
+    """The CPU has AVX-512 F/BW and VNNI: csrc's int8 kernels (the grouped matmul's small
+    groups, A8W4) use vpdpbusd on zmm; without them the int8 grouped matmul runs oneDNN per
+    group and A8W4 its AVX-VNNI / AVX2 path."""
+    return {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
+
+
 def describe() -> dict[str, Any]:
     """Which fast paths are live in this process (for logs and the benchmark)."""
     return {"force_exact": force_exact, "onednn_int8": onednn_available(),
             "native": native_available(), "int8_mm": _int8_backend(1),
-            "avx512": bool(torch.cpu._is_avx512_supported()) and use_avx512}
+            "avx512": bool(torch.cpu._is_avx512_supported()) and use_avx512,
+            "avx512_vnni": avx512_vnni_available()}
 
 
 # ------------------------------------------------------------------ per-tensor caches
