@@ -36,11 +36,8 @@ def gen(seed):
 
 def reference(*args, **kwargs):
     """The reference's per-expert path (every fast path off)."""
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         return mm.npu_grouped_matmul(*args, **kwargs)
-    finally:
-        ck.force_exact = saved
 
 
 class _isa:
@@ -268,11 +265,8 @@ def test_uncovered_combinations_use_the_reference():
     assert fast(xx=x8, ww=(w8,), scale=[torch.ones(2, 3, dtype=torch.int64)]) is None
     assert fast(xx=x8, ww=(w8,), scale=[torch.ones(2, 3)], dtype=torch.int8) is None
     assert fast(xx=x8, ww=(w8,), dtype=torch.float32) is None  # the reference raises for it
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         assert fast() is None
-    finally:
-        ck.force_exact = saved
 
 
 @pytest.mark.parametrize("group_list, group_list_type, match", [
@@ -345,8 +339,5 @@ def test_w8a8_dynamic_experts_compile_once_and_match_eager():
         got = compiled(*args)
         assert all(torch.equal(a, b) for a, b in zip(got, cases[-1][1]))
     assert counter.frame_count == 1
-    saved, ck.force_exact = ck.force_exact, True
-    try:  # eager's fast path is bit-identical to the reference's plain path
+    with ck.exact_only():  # eager's fast path is bit-identical to the reference's plain path
         assert all(torch.equal(a, b) for args, want in cases for a, b in zip(f(*args), want))
-    finally:
-        ck.force_exact = saved

@@ -21,11 +21,8 @@ SEEDS = st.integers(0, 2**31 - 1)
 
 def plain(fn, *args, **kwargs):
     """``fn`` with every fast path off (the oracle)."""
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         return fn(*args, **kwargs)
-    finally:
-        ck.force_exact = saved
 
 
 def same(a, b) -> None:

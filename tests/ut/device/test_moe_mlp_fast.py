@@ -102,11 +102,8 @@ def test_declines_unaligned_volatile_and_exact_and_the_layer_falls_back():
     finally:
         ck._volatile.clear()
         ck._any_volatile = False
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         assert moe_mlp_fast.grouped_swiglu_mlp(x, gl, w13, w2) is None
-    finally:
-        ck.force_exact = saved
     assert moe_mlp_fast.grouped_swiglu_mlp(x, gl, w13, w2.double()) is None
 
 
@@ -142,20 +139,24 @@ def test_the_facade_offers_the_fusion_and_names_unknown_ones():
         fusion("grouped_mystery")
 
 
-def test_compiled_call_has_one_op_with_symbolic_rows():
+def graphs_of(fn):
+    """``fn`` compiled with dynamic shapes and fullgraph, and the op names of each graph."""
     import torch._dynamo
 
-    w13, w2 = torch.randn(2, 64, 64), torch.randn(2, 32, 64)
     graphs = []
 
     def backend(gm, _inputs):
         graphs.append([str(n.target) for n in gm.graph.nodes])
         return gm
 
-    fn = torch.compile(lambda x, gl: torch.ops.vllm_ascend.grouped_swiglu_mlp(x, gl, w13, w2,
-                                                                              "vec"),
-                       backend=backend, dynamic=True, fullgraph=True)
     torch._dynamo.reset()
+    return torch.compile(fn, backend=backend, dynamic=True, fullgraph=True), graphs
+
+
+def test_compiled_call_has_one_op_with_symbolic_rows():
+    w13, w2 = torch.randn(2, 64, 64), torch.randn(2, 32, 64)
+    fn, graphs = graphs_of(
+        lambda x, gl: torch.ops.vllm_ascend.grouped_swiglu_mlp(x, gl, w13, w2, "vec"))
     for rows in (3, 7, 12):
         gl = torch.tensor([rows // 2, rows - rows // 2])
         x = torch.randn(rows, 64)
@@ -251,18 +252,9 @@ def test_swiglu_moe_rejects_ids_outside_the_experts_and_declines_other_dtypes():
 
 
 def test_compiled_swiglu_moe_has_one_op_with_symbolic_tokens():
-    import torch._dynamo
-
     w13, w2 = torch.randn(4, 64, 64), torch.randn(4, 32, 64)
-    graphs = []
-
-    def backend(gm, _inputs):
-        graphs.append([str(n.target) for n in gm.graph.nodes])
-        return gm
-
-    fn = torch.compile(lambda x, w, i: torch.ops.vllm_ascend.swiglu_moe(x, w, i, w13, w2, "vec"),
-                       backend=backend, dynamic=True, fullgraph=True)
-    torch._dynamo.reset()
+    fn, graphs = graphs_of(
+        lambda x, w, i: torch.ops.vllm_ascend.swiglu_moe(x, w, i, w13, w2, "vec"))
     for tokens in (3, 7, 12):
         x, w = torch.randn(tokens, 64), torch.rand(tokens, 2)
         ids = torch.randint(0, 4, (tokens, 2), dtype=torch.int32)

@@ -19,11 +19,8 @@ DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
 
 
 def plain(fn, *args, **kwargs):
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         return fn(*args, **kwargs)
-    finally:
-        ck.force_exact = saved
 
 
 def rms64(x: torch.Tensor, gamma: torch.Tensor, eps: float):

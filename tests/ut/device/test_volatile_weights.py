@@ -77,11 +77,8 @@ def test_quant_matmul_on_a_volatile_weight_equals_the_plain_path():
     tok = torch.rand(5, generator=torch.Generator().manual_seed(7)) + 0.5
     mark_volatile_weights(w)
     fast = mm.npu_quant_matmul(a, w, scale, pertoken_scale=tok, output_dtype=torch.float32)
-    saved, ck.force_exact = ck.force_exact, True
-    try:
+    with ck.exact_only():
         plain = mm.npu_quant_matmul(a, w, scale, pertoken_scale=tok, output_dtype=torch.float32)
-    finally:
-        ck.force_exact = saved
     assert torch.equal(fast, plain)
 
 

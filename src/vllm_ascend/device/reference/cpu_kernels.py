@@ -56,10 +56,11 @@ path off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -128,6 +129,18 @@ def _probe_native() -> bool:
                                               "grouped_swiglu_mlp", "swiglu_moe"))
     except (OSError, RuntimeError, ImportError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def exact_only() -> Iterator[None]:
+    """Every fast path off inside the block (``force_exact``): the reference's plain math,
+    the oracle the tests hold the fast paths to."""
+    global force_exact
+    saved, force_exact = force_exact, True
+    try:
+        yield
+    finally:
+        force_exact = saved
 
 
 def native_available() -> bool:
