@@ -16,6 +16,7 @@ import torch._dynamo
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.ut.device.exact import exact_only
 from vllm_ascend.device import ops
 from vllm_ascend.device.reference import cpu_kernels as ck
 from vllm_ascend.device.reference import grouped_matmul as gm
@@ -36,7 +37,7 @@ def gen(seed):
 
 def reference(*args, **kwargs):
     """The reference's per-expert path (every fast path off)."""
-    with ck.exact_only():
+    with exact_only():
         return mm.npu_grouped_matmul(*args, **kwargs)
 
 
@@ -146,7 +147,7 @@ def test_float_matches_reference_and_float64(isa, case, k, n, seed, bf16, with_b
 
 INT8_ISAS = pytest.mark.parametrize("isa", [
     pytest.param(2, id="vnni", marks=pytest.mark.skipif(
-        not ck.avx512_vnni_available(), reason="no AVX-512 VNNI here")),
+        not torch.cpu._is_vnni_supported(), reason="no AVX-512 VNNI here")),
     pytest.param(0, id="onednn")])
 
 
@@ -212,7 +213,7 @@ def test_int8_large_and_small_groups_in_one_call(isa):
 
 
 @needs_int8
-@pytest.mark.skipif(not ck.avx512_vnni_available(), reason="no AVX-512 VNNI here")
+@pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="no AVX-512 VNNI here")
 def test_int8_vnni_pack_is_cached_and_rebuilt_after_an_in_place_write():
     g = gen(4)
     x = torch.randint(-128, 128, (5, 64), dtype=torch.int8, generator=g)
@@ -265,7 +266,7 @@ def test_uncovered_combinations_use_the_reference():
     assert fast(xx=x8, ww=(w8,), scale=[torch.ones(2, 3, dtype=torch.int64)]) is None
     assert fast(xx=x8, ww=(w8,), scale=[torch.ones(2, 3)], dtype=torch.int8) is None
     assert fast(xx=x8, ww=(w8,), dtype=torch.float32) is None  # the reference raises for it
-    with ck.exact_only():
+    with exact_only():
         assert fast() is None
 
 
@@ -339,5 +340,5 @@ def test_w8a8_dynamic_experts_compile_once_and_match_eager():
         got = compiled(*args)
         assert all(torch.equal(a, b) for a, b in zip(got, cases[-1][1]))
     assert counter.frame_count == 1
-    with ck.exact_only():  # eager's fast path is bit-identical to the reference's plain path
+    with exact_only():  # eager's fast path is bit-identical to the reference's plain path
         assert all(torch.equal(a, b) for args, want in cases for a, b in zip(f(*args), want))

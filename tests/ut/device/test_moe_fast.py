@@ -10,6 +10,7 @@ import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.ut.device.exact import plain
 from vllm_ascend.device.reference import cpu_kernels as ck
 from vllm_ascend.device.reference import moe
 from vllm_ascend.device.reference import moe_fast
@@ -17,12 +18,6 @@ from vllm_ascend.device.reference import moe_fast
 pytestmark = pytest.mark.skipif(not ck.native_available(), reason="vllm_ascend._C not built")
 
 SEEDS = st.integers(0, 2**31 - 1)
-
-
-def plain(fn, *args, **kwargs):
-    """``fn`` with every fast path off (the oracle)."""
-    with ck.exact_only():
-        return fn(*args, **kwargs)
 
 
 def same(a, b) -> None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.ut.device.exact import exact_only
 from vllm_ascend.device import fusion
 from vllm_ascend.device.reference import cpu_kernels as ck
 from vllm_ascend.device.reference import moe_mlp_fast
@@ -102,7 +103,7 @@ def test_declines_unaligned_volatile_and_exact_and_the_layer_falls_back():
     finally:
         ck._volatile.clear()
         ck._any_volatile = False
-    with ck.exact_only():
+    with exact_only():
         assert moe_mlp_fast.grouped_swiglu_mlp(x, gl, w13, w2) is None
     assert moe_mlp_fast.grouped_swiglu_mlp(x, gl, w13, w2.double()) is None
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.ut.device.exact import plain
 from vllm_ascend.device.reference import activation as act
 from vllm_ascend.device.reference import cpu_kernels as ck
 from vllm_ascend.device.reference import norm_rope_fast
@@ -16,11 +17,6 @@ pytestmark = pytest.mark.skipif(not ck.native_available(), reason="vllm_ascend._
 
 SEEDS = st.integers(0, 2**31 - 1)
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
-
-
-def plain(fn, *args, **kwargs):
-    with ck.exact_only():
-        return fn(*args, **kwargs)
 
 
 def rms64(x: torch.Tensor, gamma: torch.Tensor, eps: float):

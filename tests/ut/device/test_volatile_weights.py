@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.ut.device.exact import exact_only
 from vllm_ascend.device import mark_volatile_weights
 from vllm_ascend.device.reference import cpu_kernels as ck
 from vllm_ascend.device.reference import matmul as mm
@@ -77,7 +78,7 @@ def test_quant_matmul_on_a_volatile_weight_equals_the_plain_path():
     tok = torch.rand(5, generator=torch.Generator().manual_seed(7)) + 0.5
     mark_volatile_weights(w)
     fast = mm.npu_quant_matmul(a, w, scale, pertoken_scale=tok, output_dtype=torch.float32)
-    with ck.exact_only():
+    with exact_only():
         plain = mm.npu_quant_matmul(a, w, scale, pertoken_scale=tok, output_dtype=torch.float32)
     assert torch.equal(fast, plain)
 

@@ -56,11 +56,10 @@ path off.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -131,18 +130,6 @@ def _probe_native() -> bool:
         return False
 
 
-@contextlib.contextmanager
-def exact_only() -> Iterator[None]:
-    """Every fast path off inside the block (``force_exact``): the reference's plain math,
-    the oracle the tests hold the fast paths to."""
-    global force_exact
-    saved, force_exact = force_exact, True
-    try:
-        yield
-    finally:
-        force_exact = saved
-
-
 def native_available() -> bool:
     """``vllm_ascend._C`` (csrc/) is built and loaded into ``torch.ops.vllm_ascend``."""
     global _native
@@ -201,19 +188,11 @@ def onednn_available() -> bool:
     return _onednn
 
 
-def avx512_vnni_available() -> bool:
-    """The CPU has AVX-512 F/BW and VNNI: csrc's int8 kernels (the grouped matmul's small
-    groups, A8W4) use vpdpbusd on zmm; without them the int8 grouped matmul runs oneDNN per
-    group and A8W4 its AVX-VNNI / AVX2 path."""
-    return {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
-
-
 def describe() -> dict[str, Any]:
     """Which fast paths are live in this process (for logs and the benchmark)."""
     return {"force_exact": force_exact, "onednn_int8": onednn_available(),
             "native": native_available(), "int8_mm": _int8_backend(1),
-            "avx512": bool(torch.cpu._is_avx512_supported()) and use_avx512,
-            "avx512_vnni": avx512_vnni_available()}
+            "avx512": bool(torch.cpu._is_avx512_supported()) and use_avx512}
 
 
 # ------------------------------------------------------------------ per-tensor caches

@@ -9,23 +9,15 @@ gives the plugin that same kernel, through the dispatcher (``torch.ops._C``): ro
 grouped by expert go in as ``topk_ids (R, 1)`` = each row's expert with weight 1 (exact: a
 product with 1.0), so the kernel's own routing is a no-op pass.
 
-Measured (``bench moe --parts layer``'s shapes, one thread, ms per grouped MLP, this
-module's kernel vs the csrc grouped matmul + SwiGLU + grouped matmul; AMD EPYC, AVX-512):
-
-==============================  ==========  ============  =============
-shape                            1 token     16 tokens     256 tokens
-==============================  ==========  ============  =============
-tiny-qwen3_moe (128/64, 16x4)   0.009/0.041  0.041/0.092   0.51/0.76
-tiny-deepseek_v3 (128/64, 64x8) 0.014/0.050  0.092/0.160   1.08/1.56
-realistic (2048/1408, 64x6)     7.1/8.7      65/84         283/525
-==============================  ==========  ============  =============
+Whole-layer numbers against vanilla vLLM: ``python -m bench moe --parts layer``
+(docs/benchmarks.md).
 
 :func:`swiglu_moe` goes one step further for a rank that holds every expert (EP 1, no EPLB:
 ``layer.moe_forward``): it hands the kernel the selected top-k ids and weights, so the
 kernel's own routing replaces dispatch (``npu_moe_init_routing_v2``) and combine
-(``npu_moe_finalize_routing``) as well; the whole float MoE layer then costs what vanilla
-vLLM's does (``bench moe``, docs/benchmarks.md: 0.75-0.93x vanilla's latency at the tiny
-shapes, parity at the realistic one).
+(``npu_moe_finalize_routing``) as well; the whole float MoE layer then costs about what
+vanilla vLLM's does (``bench moe``, docs/benchmarks.md: 0.75-0.93x vanilla's latency at the
+tiny shapes, 0.98-1.04x at the realistic one).
 
 One C++ op, ``vllm_ascend::grouped_swiglu_mlp`` (csrc/moe_mlp.cpp), builds the row -> expert
 ids and calls the kernel, so the Python cost is one call (a meta kernel keeps the row count
@@ -40,9 +32,9 @@ three facade ops.
 The prepacked weights (vLLM's layout ``(E, 2I, H)`` / ``(E, H, I)``, then
 ``prepack_moe_weight``) are derived once per weight tensor and kept in csrc's tensor cache
 like the other fast paths' packs (rebuilt when the tensor's version counter moves, e.g.
-after an EPLB expert move; dropped with the tensor). The cache is a second copy of the float expert weights: the
-price of keeping the plugin's ``(E, K, N)`` weights, which the facade ops, the quantised
-schemes' shared code and EPLB's transfers read as stored. ``VLLM_ASCEND_REFERENCE_EXACT=1``
+after an EPLB expert move; dropped with the tensor). The cache is a second copy of the float
+expert weights: the price of keeping the plugin's ``(E, K, N)`` weights, which the facade
+ops, the quantised schemes' shared code and EPLB's transfers read as stored. ``VLLM_ASCEND_REFERENCE_EXACT=1``
 turns it off with every other fast path.
 
 Tolerance against the composite (``tests/ut/device/test_moe_mlp_fast.py``): fp32 summation
@@ -72,18 +64,16 @@ def _probe() -> bool:
     try:
         import vllm._custom_ops  # noqa: F401  (loads vLLM's CPU kernels into torch.ops._C)
 
-        c = torch.ops._C
+        c = torch.ops._C  # native_available() covers csrc's grouped_swiglu_mlp / swiglu_moe
         return cpu_kernels.native_available() and hasattr(c, "cpu_fused_moe") \
-            and hasattr(c, "prepack_moe_weight") \
-            and hasattr(torch.ops.vllm_ascend, "grouped_swiglu_mlp") \
-            and hasattr(torch.ops.vllm_ascend, "swiglu_moe")
+            and hasattr(c, "prepack_moe_weight")
     except Exception:  # no vLLM, or a build without its CPU kernels
         return False
 
 
 def available() -> bool:
-    """csrc's ``grouped_swiglu_mlp`` and vLLM's ``cpu_fused_moe`` / ``prepack_moe_weight`` are
-    loaded in this process."""
+    """csrc's ``grouped_swiglu_mlp`` / ``swiglu_moe`` and vLLM's ``cpu_fused_moe`` /
+    ``prepack_moe_weight`` are loaded in this process."""
     global _available
     if _available is None:
         _available = _probe()
