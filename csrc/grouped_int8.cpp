@@ -11,10 +11,10 @@
 // Packed weight (built once per weight tensor, csrc/tensor_cache.h): int8 (E, NB, K/4, 256),
 // NB = ceil(N / 64) blocks of 64 columns; the 256 bytes of (e, b, quad q) are 4 zmm lines,
 // line l lane j holding w[e, 4q .. 4q+3, 64b + 16l + j] (zero past N). One block of one
-// expert is one sequential stream of K * 64 bytes, read once per tile of up to 6 rows (it
-// stays in L2 for the next tile), software-prefetched kPrefetch bytes ahead as in
-// csrc/a8w4_kernels.cpp. Measured against vLLM's oneDNN int8 GEMM per expert in
-// src/vllm_ascend/device/reference/grouped_matmul.py.
+// expert is K * 64 bytes, read once per tile of up to 6 rows (it stays in L2 for the next
+// tile) as kStreams interleaved K segments, software-prefetched kPrefetch bytes ahead as in
+// csrc/a8w4_kernels.cpp. Measured against vLLM's oneDNN int8 GEMM per expert (`python -m
+// bench ops -k int8_experts`): src/vllm_ascend/device/reference/grouped_matmul.py.
 
 #include "grouped_int8.h"
 
@@ -68,8 +68,8 @@ struct Args {
   int64_t K, N, NB;
 };
 
-// Named accumulators, not arrays: GCC keeps an array of vectors on the stack and stores it
-// around every vpdpbusd (measured: 2.6x slower at 4 rows); 24 scalars stay in registers.
+// Named accumulators, not arrays: GCC keeps an array of vectors on the stack and loads and
+// stores it around every vpdpbusd (seen in the disassembly); 24 scalars stay in registers.
 #define I8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define I8_DECL(r) __m512i a##r##0, a##r##1, a##r##2, a##r##3;
 #define I8_ZERO(r)                                                                  \

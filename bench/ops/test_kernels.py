@@ -86,6 +86,62 @@ def test_grouped_matmul_int8(benchmark, tokens):
     benchmark(mm.npu_grouped_matmul, [x], [w], **kw)
 
 
+# W8A8 experts' gate/up at a DeepSeek-V2-Lite-like size: 64 experts, hidden 2048, 2 x 1408,
+# top-6 (1 token: 6 rows in 6 groups; 16 tokens: 96 rows in ~50 groups). ``vnni``: csrc's
+# grouped_int8 kernel (AVX-512 VNNI, groups <= 48 rows); ``onednn``: oneDNN per expert.
+EXPERTS_SHAPE = (64, 2048, 2816)
+needs_vnni = pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="no AVX-512 VNNI")
+
+
+@pytest.fixture(scope="module")
+def int8_experts() -> torch.Tensor:
+    return torch.randint(-127, 128, EXPERTS_SHAPE, dtype=torch.int8, generator=_gen())
+
+
+INT8_PATHS = [pytest.param("vnni", marks=needs_vnni), "onednn"]
+
+
+@needs_native
+@needs_int8
+@pytest.mark.parametrize("variant", INT8_PATHS)
+@pytest.mark.parametrize("tokens", (1, 16))
+def test_grouped_matmul_int8_experts(benchmark, monkeypatch, int8_experts, tokens, variant):
+    from vllm_ascend.device.reference import grouped_matmul as gm
+
+    monkeypatch.setattr(gm, "isa", 2 if variant == "vnni" else 0)
+    e, k, n = EXPERTS_SHAPE
+    g = _gen(tokens)
+    picks = torch.stack([torch.randperm(e, generator=g)[:6] for _ in range(tokens)]).flatten()
+    counts = torch.bincount(picks, minlength=e)
+    x = torch.randint(-127, 128, (picks.numel(), k), dtype=torch.int8, generator=g)
+    kw = dict(scale=[torch.rand(e, n, generator=g) * 0.01],
+              per_token_scale=[torch.rand(x.shape[0], generator=g)], group_list=counts,
+              group_type=0, group_list_type=1, split_item=2, output_dtype=torch.float32)
+    _tag(benchmark, "npu_grouped_matmul", f"E{e} M{x.shape[0]} K{k} N{n} w8a8", variant)
+    benchmark(mm.npu_grouped_matmul, [x], [int8_experts], **kw)
+
+
+@needs_native
+@needs_int8
+@pytest.mark.parametrize("variant", INT8_PATHS)
+@pytest.mark.parametrize("m", (1, 8))
+def test_int8_dense_lm_head(benchmark, m, variant):
+    """A dense int8 GEMM of SmolLM2's lm_head size (576 x 49152), the exact accumulators:
+    ``onednn`` is what the dense W8A8 linears run (``vllm_ascend::onednn_int8_mm``), ``vnni``
+    the grouped kernel on it as one group (why the dense linears keep oneDNN)."""
+    g = _gen()
+    k, n = 576, 49152
+    x = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g).t()  # a linear's (k, n)
+    _tag(benchmark, "int8_mm", f"M{m} K{k} N{n}", variant)
+    if variant == "onednn":
+        benchmark(torch.ops.vllm_ascend.onednn_int8_mm, x, w)
+    else:
+        w3, gl = w.unsqueeze(0).contiguous(), torch.tensor([m])
+        benchmark(torch.ops.vllm_ascend.grouped_matmul, x, w3, gl, 1, None, None, None, 0,
+                  torch.int32, 2, 48)
+
+
 # ---------------------------------------------------------------- quantized matmul
 
 

@@ -24,12 +24,14 @@ int8, scaled                   scale ``[(E, N)]`` fp32/bf16, per_token_scale ``[
 int8 needs vLLM's oneDNN int8 GEMM exact on this CPU (``cpu_kernels.onednn_available()``:
 VNNI / AMX). The accumulators of groups of up to :data:`KERNEL_MAX_ROWS` rows come from
 csrc/grouped_int8.cpp on AVX-512 VNNI CPUs (``isa`` 2; the weight repacked once for
-``vpdpbusd``, read as 8 interleaved sequential streams), those of larger groups (and every
-group elsewhere, ``isa`` 0) from ``vllm_ascend::onednn_int8_mm`` per expert, called from C++;
-both exact, so the epilogue is the same. Not covered, so on the reference path: a list of per-expert weights, offset,
-antiquant (W8A16/W4A16) and packed int4 (A8W4: its own kernel inside the loop) weights,
-int64 scales, int8 (requantised) output, fp16 X, mixed X/W dtypes, K = 0, inputs off the CPU
-and non-contiguous / oddly shaped parameters; under ``torch.compile`` also split_item 0/1
+``vpdpbusd``, read as 8 interleaved K segments), those of larger groups (and every
+group elsewhere, ``isa`` 0) from ``vllm_ascend::onednn_int8_mm`` per expert, called from
+C++; both exact, so the epilogue is the same.
+
+Not covered, so on the reference path: a list of per-expert weights, offset, antiquant
+(W8A16/W4A16) and packed int4 (A8W4: its own kernel inside the loop) weights, int64 scales,
+int8 (requantised) output, fp16 X, mixed X/W dtypes, K = 0, inputs off the CPU and
+non-contiguous / oddly shaped parameters; under ``torch.compile`` also split_item 0/1
 (per-group outputs have data-dependent shapes).
 
 Tolerance of the float path against the reference (``tests/ut/device/test_grouped_matmul.py``):
@@ -56,9 +58,14 @@ vLLM cpu_fused_moe, whole MoE           9.9          90          366
 int8 reference (float64)                176        1442         2690
 int8 torch._int_mm per group            6.3          51           --
 int8 oneDNN per group                   3.6          31          101
-int8 csrc VNNI kernel (groups <= 48)    1.3          15           59
-  (oneDNN per group, same run)          2.0          25           70
 ================================  =========  ==========  ===========
+
+csrc's VNNI kernel against oneDNN per expert at this W8A8 gate/up shape (``python -m bench
+ops -k int8_experts``, 1 and 16 tokens; 2026-12-08): one thread (``OMP_NUM_THREADS=1``, each
+EP rank of a multi-process run on this box) 1.42 vs 2.57 ms and 16.3 vs 26.0 ms; two
+threads 1.25 vs 1.11 ms and 15.9 vs 15.5 ms (both then at the memory's pace). For a dense
+linear (``-k dense_lm_head``, 576 x 49152, two threads) oneDNN is 2x faster (0.50 vs 1.06 ms
+for 1 row, 1.03 vs 2.23 ms for 8), so the dense W8A8 linears keep oneDNN.
 
 Small per-expert fp32 GEMMs through torch's GEMM stream the weight at ~11-17 GB/s; the
 kernel reads it as stored, 8 weight rows at a time across up to 4096 columns, in 6 x 64
@@ -67,9 +74,7 @@ which walked 64-column stripes down all K rows (TLB-bound), were 2x slower than 
 the loop order matters more than the ISA. For groups above :data:`KERNEL_MAX_ROWS` rows
 (prefill) the kernel and at::mm were within noise for fp32 (336 vs 344 ms); at::mm takes
 them. int8: oneDNN per expert (from C++) beats torch._int_mm by 1.6-1.8x and the reference
-by 50x; csrc's VNNI kernel beats oneDNN per expert by 1.2-1.7x at these sizes (one
-sequential stream per 64-column block streamed at ~15 GB/s; eight interleaved K segments
-~20 GB/s).
+by 50x.
 """
 
 from __future__ import annotations

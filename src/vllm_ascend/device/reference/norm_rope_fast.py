@@ -2,10 +2,10 @@
 ``npu_add_rms_norm`` and ``npu_rotary_mul`` as one C++ op each (csrc/norm_rope.cpp:
 ``vllm_ascend::rms_norm``, ``add_rms_norm``, ``rotary_mul``).
 
-An eager decode step runs two norms and a rotation per layer; the reference's ~8 torch ops
-each cost more than the arithmetic at decode sizes (``bench.step_profile``, cProfile: the
-tiny Qwen3-MoE spent ~0.5 ms of a ~3.6 ms step in the norms, ~0.3 ms in the rotations). Covered: x (x1, x2) fp32 / bf16 / fp16 CPU tensors of
-one dtype, gamma 1-D ``(H,)`` floating, any leading dims (made contiguous). The kernels keep
+An eager decode step runs two norms and a rotation per layer; each is ~8 small torch ops on
+the reference path, whose per-op cost exceeds the arithmetic at decode sizes (see an eager
+``python -m bench.step_profile --enforce-eager``). Covered: x (x1, x2) fp32 / bf16 / fp16
+CPU tensors of one dtype, gamma 1-D ``(H,)`` floating, any leading dims (made contiguous). The kernels keep
 the reference's fp32 math with the sum of squares in double (the reference sums fp32
 squares in fp32): results agree to fp32 rounding, bit-identical x_sum. The rotary product
 is the reference's fp32 operations in its order (no FMA): bit-identical for fp32 and for
